@@ -1,0 +1,39 @@
+"""What every benchmark records beside its figures: device, versions, commit."""
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+
+import jax
+
+
+def environment() -> dict:
+  device = jax.devices()[0]
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    commit = "unknown"
+  import flax
+  return {
+      "backend": jax.default_backend(),
+      "device": getattr(device, "device_kind", str(device)),
+      "device_count": jax.device_count(),
+      "jax": jax.__version__,
+      "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+      "flax": flax.__version__,
+      "python": platform.python_version(),
+      "cpu": platform.processor() or platform.machine(),
+      "commit": commit,
+  }
+
+
+def best_of(fn, repeats: int) -> float:
+  """The fastest of `repeats` timed calls of fn(), in seconds (fn must block)."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return min(times)

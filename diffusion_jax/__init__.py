@@ -1,0 +1,13 @@
+"""diffusion_jax: guided-diffusion and GLIDE in JAX/Flax.
+
+The core is pure functions of a noise `Schedule`:
+
+    from diffusion_jax import schedules, diffusion, sampling, guidance
+    sched = schedules.make_schedule("cosine", 1000)
+    x0 = sampling.sample(model_fn, schedules.respace(sched, "ddim50"),
+                         (16, 32, 32, 3), rng, method="ddim", y=labels)
+"""
+from diffusion_jax import diffusion, guidance, oracles, sampling, schedules
+
+__version__ = "0.1.0"
+__all__ = ["diffusion", "guidance", "oracles", "sampling", "schedules"]

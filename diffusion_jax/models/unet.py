@@ -1,0 +1,177 @@
+"""The ADM UNet (guided-diffusion's `UNetModel`) in Flax Linen.
+
+The same function as the reference: a checkpoint of `UNetModel` (or
+`SuperResModel`) maps onto these parameters by `models/convert.py`. Extra
+inputs for class labels (with an optional null class for classifier-free
+guidance), a low-resolution image (upsampled bilinearly and concatenated) and
+an inpainting image and mask (concatenated) are optional keyword arguments.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax.models import layers
+
+Dtype = Any
+
+
+class UNetSpec(nn.Module):
+  """Fields shared by the UNet and the classifier's encoder (no __call__)."""
+  model_channels: int = 128
+  num_res_blocks: int = 2
+  attention_resolutions: Sequence[int] = (16, 8)  # in pixels of the feature map
+  channel_mult: Sequence[int] = (1, 2, 2, 2)
+  dropout: float = 0.0
+  num_heads: int = 4
+  num_head_channels: int = -1  # when > 0, overrides num_heads
+  use_scale_shift_norm: bool = True
+  resblock_updown: bool = True
+  conv_resample: bool = True
+  legacy_attention_order: bool = True
+  num_groups: int = 32
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @property
+  def time_embed_dim(self) -> int:
+    return 4 * self.model_channels
+
+  def heads(self, channels: int) -> int:
+    return channels // self.num_head_channels if self.num_head_channels > 0 else self.num_heads
+
+  def check_input(self, x):
+    factor = 2 ** (len(self.channel_mult) - 1)
+    if x.ndim != 4 or x.shape[1] % factor or x.shape[2] % factor:
+      raise ValueError(
+          f"the UNet needs [B, H, W, C] images with H and W divisible by {factor} "
+          f"({len(self.channel_mult)} levels); got shape {tuple(x.shape)}")
+
+  def res_block(self, name, out_channels, train, up=False, down=False):
+    block = nn.remat(layers.ResBlock) if self.remat else layers.ResBlock
+    return block(out_channels, self.dropout, self.use_scale_shift_norm, up=up, down=down,
+                 num_groups=self.num_groups, deterministic=not train, dtype=self.dtype,
+                 param_dtype=self.param_dtype, name=name)
+
+  def attention(self, name, channels):
+    return layers.AttentionBlock(self.heads(channels), self.legacy_attention_order,
+                                 self.num_groups, self.dtype, self.param_dtype, name=name)
+
+  def time_embedding(self, t):
+    """[B] original timesteps -> [B, 4 * model_channels]."""
+    emb = layers.timestep_embedding(t, self.model_channels).astype(self.dtype)
+    dense = lambda name: nn.Dense(self.time_embed_dim, dtype=self.dtype,  # noqa: E731
+                                  param_dtype=self.param_dtype, name=name)
+    return dense("time_embed_2")(nn.silu(dense("time_embed_0")(emb)))
+
+  def encode(self, x, emb, train, encoder_out=None):
+    """The input blocks: (h, skip activations, channels of each, downsampling)."""
+    ch = int(self.channel_mult[0] * self.model_channels)
+    h = layers._conv(ch, "input_blocks_0_0", self.dtype, self.param_dtype)(x.astype(self.dtype))
+    skips, skip_channels, ds, index = [h], [ch], 1, 1
+    for level, mult in enumerate(self.channel_mult):
+      for _ in range(self.num_res_blocks):
+        ch = int(mult * self.model_channels)
+        h = self.res_block(f"input_blocks_{index}_0", ch, train)(h, emb)
+        if h.shape[1] in self.attention_resolutions:
+          h = self.attention(f"input_blocks_{index}_1", ch)(h, encoder_out)
+        skips.append(h)
+        skip_channels.append(ch)
+        index += 1
+      if level != len(self.channel_mult) - 1:
+        name = f"input_blocks_{index}_0"
+        if self.resblock_updown:
+          h = self.res_block(name, ch, train, down=True)(h, emb)
+        else:
+          h = layers.Downsample(self.conv_resample, ch, self.dtype, self.param_dtype,
+                                name=name)(h)
+        skips.append(h)
+        skip_channels.append(ch)
+        ds *= 2
+        index += 1
+    return h, skips, skip_channels
+
+  def middle(self, h, emb, train, encoder_out=None):
+    ch = h.shape[-1]
+    h = self.res_block("middle_block_0", ch, train)(h, emb)
+    h = self.attention("middle_block_1", ch)(h, encoder_out)
+    return self.res_block("middle_block_2", ch, train)(h, emb)
+
+
+class UNet(UNetSpec):
+  """ADM UNet: predicts eps (and, with `learn_sigma`, the variance interpolation).
+
+  Attributes (beyond `UNetSpec`):
+    out_channels: output channels (2 x image channels for a learned sigma).
+    num_classes: size of the class embedding table, or None for no classes.
+      Add one row for a null class when training for classifier-free guidance.
+  """
+  out_channels: int = 3
+  num_classes: Optional[int] = None
+
+  @nn.compact
+  def __call__(self, x, t, *, y=None, low_res=None, inpaint_image=None,
+               inpaint_mask=None, train: bool = False):
+    """Args:
+      x: [B, H, W, C] noisy images x_t.
+      t: [B] original (unrespaced) timesteps.
+      y: [B] int class labels (needed iff `num_classes`).
+      low_res: [B, h, w, C] low-resolution images, upsampled bilinearly.
+      inpaint_image: [B, H, W, C] images with the hole zeroed (image * mask).
+      inpaint_mask: [B, H, W, 1] 1 where kept.
+      train: enables dropout (needs a "dropout" rng).
+
+    Returns:
+      [B, H, W, out_channels] float32.
+    """
+    self.check_input(x)
+    x = self._concat_inputs(x, low_res, inpaint_image, inpaint_mask)
+    emb = self.time_embedding(t)
+    if (y is None) != (self.num_classes is None):
+      raise ValueError("class labels y must be given exactly when num_classes is set "
+                       f"(num_classes={self.num_classes}, y given: {y is not None})")
+    if y is not None:
+      emb = emb + nn.Embed(self.num_classes, self.time_embed_dim, dtype=self.dtype,
+                           param_dtype=self.param_dtype, name="label_emb")(y)
+    h, skips, _ = self.encode(x, emb, train)
+    h = self.middle(h, emb, train)
+    h = self.decode(h, skips, emb, train)
+    h = nn.silu(layers.group_norm(h, "out_0", self.num_groups, self.dtype,
+                                  self.param_dtype))
+    out = layers._conv(self.out_channels, "out_2", self.dtype, self.param_dtype,
+                       zero=True)(h)
+    return out.astype(jnp.float32)
+
+  def _concat_inputs(self, x, low_res, inpaint_image, inpaint_mask):
+    parts = [x]
+    if low_res is not None:
+      size = x.shape[:3] + low_res.shape[3:]
+      parts.append(jax.image.resize(low_res.astype(jnp.float32), size, "bilinear"))
+    if inpaint_image is not None:
+      parts += [inpaint_image, inpaint_mask]
+    return jnp.concatenate([p.astype(x.dtype) for p in parts], axis=-1)
+
+  def decode(self, h, skips, emb, train, encoder_out=None):
+    index = 0
+    for level, mult in reversed(list(enumerate(self.channel_mult))):
+      for i in range(self.num_res_blocks + 1):
+        ch = int(self.model_channels * mult)
+        h = jnp.concatenate([h, skips.pop()], axis=-1)
+        h = self.res_block(f"output_blocks_{index}_0", ch, train)(h, emb)
+        sub = 1
+        if h.shape[1] in self.attention_resolutions:
+          h = self.attention(f"output_blocks_{index}_1", ch)(h, encoder_out)
+          sub = 2
+        if level and i == self.num_res_blocks:
+          name = f"output_blocks_{index}_{sub}"
+          if self.resblock_updown:
+            h = self.res_block(name, ch, train, up=True)(h, emb)
+          else:
+            h = layers.Upsample(self.conv_resample, ch, self.dtype, self.param_dtype,
+                                name=name)(h)
+        index += 1
+    return h

@@ -1,0 +1,271 @@
+"""Sampling loops: ancestral DDPM and DDIM(eta), each one compiled `lax.scan`.
+
+`model_fn(x_t, t, **cond)` is any pure function of arrays returning the
+network output for `x_t` [B, ..., C] at original (unrespaced) timesteps `t`
+[B]. `cond_fn(x_t, t, **cond)` returns a guidance gradient with respect to
+`x_t` (see `guidance.py`); the samplers apply it as a shift of the ancestral
+mean (Sigma * grad) or as a score shift of eps (eps - sqrt(1 - abar) grad).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax import diffusion
+from diffusion_jax.schedules import Schedule
+
+METHODS = ("ddpm", "ddim")
+
+
+class StepOptions(NamedTuple):
+  """How a network output becomes a reverse step (static under jit)."""
+  clip_denoised: bool = True
+  parameterization: str = "eps"
+  variance: str = "fixed_small"
+  denoised_fn: Optional[Callable] = None
+  cond_fn: Optional[Callable] = None
+
+
+def _model_step(model_fn, schedule: Schedule, x, t, opts: StepOptions, cond):
+  """Calls the model at original timesteps: (MeanVariance, original t)."""
+  t_model = schedule.timesteps[t]
+  output = model_fn(x, t_model, **cond)
+  out = diffusion.p_mean_variance(
+      schedule, output, x, t, parameterization=opts.parameterization,
+      variance=opts.variance, clip_denoised=opts.clip_denoised,
+      denoised_fn=opts.denoised_fn)
+  return out, t_model
+
+
+def shift_eps(schedule: Schedule, eps, x_t, t, grad):
+  """Score-form guidance: eps - sqrt(1 - abar_t) * grad log p(y | x_t)."""
+  return eps - diffusion.extract(
+      schedule.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * grad
+
+
+def _guided_eps_x0(schedule, out, x, t, t_model, opts, cond):
+  """(eps, pred_x0) after the score-form guidance shift, if any."""
+  if opts.cond_fn is None:
+    return out.pred_eps, out.pred_x0
+  eps = shift_eps(schedule, out.pred_eps, x, t, opts.cond_fn(x, t_model, **cond))
+  return eps, diffusion.x0_from_eps(schedule, x, t, eps)
+
+
+def _not_last(t, ndim):
+  """1 where noise is added (t > 0), 0 at the final step: [B, 1, ...]."""
+  return (t != 0).astype(jnp.float32).reshape((-1,) + (1,) * (ndim - 1))
+
+
+def ddpm_step(model_fn, schedule: Schedule, x_t, t, rng,
+              opts: StepOptions = StepOptions(), **cond):
+  """One ancestral step x_t -> x_{t-1}; returns (x_{t-1}, pred_x0).
+
+  `t` [B] indexes `schedule`. With a `cond_fn`, the mean is shifted by
+  Sigma_t * grad (ADM's condition_mean).
+  """
+  out, t_model = _model_step(model_fn, schedule, x_t, t, opts, cond)
+  mean = out.mean
+  if opts.cond_fn is not None:
+    mean = mean + out.variance * opts.cond_fn(x_t, t_model, **cond)
+  noise = jax.random.normal(rng, x_t.shape, jnp.float32)
+  x_prev = mean + _not_last(t, x_t.ndim) * jnp.exp(0.5 * out.log_variance) * noise
+  return x_prev, out.pred_x0
+
+
+def ddim_sigma(schedule: Schedule, t, eta, ndim):
+  """sigma_t(eta) = eta sqrt((1 - abar_prev)/(1 - abar)) sqrt(1 - abar/abar_prev)."""
+  abar = diffusion.extract(schedule.alphas_cumprod, t, ndim)
+  abar_prev = diffusion.extract(schedule.alphas_cumprod_prev, t, ndim)
+  return eta * jnp.sqrt((1 - abar_prev) / (1 - abar)) * jnp.sqrt(1 - abar / abar_prev)
+
+
+def ddim_step(model_fn, schedule: Schedule, x_t, t, rng, eta=0.0,
+              opts: StepOptions = StepOptions(), **cond):
+  """One DDIM step x_t -> x_{t-1} with noise scale eta; (x_{t-1}, pred_x0).
+
+  With a `cond_fn`, eps is shifted in score form (ADM's condition_score).
+  eta = 1 is ancestral sampling with the posterior variance beta~_t.
+  """
+  out, t_model = _model_step(model_fn, schedule, x_t, t, opts, cond)
+  eps, pred_x0 = _guided_eps_x0(schedule, out, x_t, t, t_model, opts, cond)
+  abar_prev = diffusion.extract(schedule.alphas_cumprod_prev, t, x_t.ndim)
+  sigma = ddim_sigma(schedule, t, eta, x_t.ndim)
+  mean = (jnp.sqrt(abar_prev) * pred_x0
+          + jnp.sqrt(jnp.maximum(1 - abar_prev - sigma ** 2, 0.0)) * eps)
+  noise = jax.random.normal(rng, x_t.shape, jnp.float32)
+  return mean + _not_last(t, x_t.ndim) * sigma * noise, pred_x0
+
+
+def ddim_encode_step(model_fn, schedule: Schedule, x, t,
+                     opts: StepOptions = StepOptions(), **cond):
+  """Deterministic DDIM step up: from level abar_prev[t] to abar[t].
+
+  The exact reverse of `ddim_step` with eta = 0 up to evaluating eps at the
+  input rather than the output; at t = 0 the input is x_0 itself.
+  """
+  out, t_model = _model_step(model_fn, schedule, x, t, opts, cond)
+  eps, _ = _guided_eps_x0(schedule, out, x, t, t_model, opts, cond)
+  abar = diffusion.extract(schedule.alphas_cumprod, t, x.ndim)
+  abar_prev = diffusion.extract(schedule.alphas_cumprod_prev, t, x.ndim)
+  x0 = (x - jnp.sqrt(1 - abar_prev) * eps) / jnp.sqrt(abar_prev)
+  if opts.clip_denoised:
+    x0 = jnp.clip(x0, -1.0, 1.0)
+  return jnp.sqrt(abar) * x0 + jnp.sqrt(1 - abar) * eps
+
+
+# ---------------------------------------------------------------- progress --
+
+class _Progress:
+  """A tqdm bar driven from inside the compiled loop by a host callback."""
+  bar = None
+
+  @classmethod
+  def update(cls, done, total):
+    import tqdm  # only when asked for
+    done, total = int(done), int(total)
+    if cls.bar is None or done < cls.bar.n or cls.bar.total != total:
+      cls.close()
+      cls.bar = tqdm.tqdm(total=total, desc="sampling", unit="step")
+    if done > cls.bar.n:  # idempotent: a sharded loop may report per device
+      cls.bar.update(done - cls.bar.n)
+    if done >= total:
+      cls.close()
+
+  @classmethod
+  def close(cls):
+    if cls.bar is not None:
+      cls.bar.close()
+      cls.bar = None
+
+
+def _report(done, total, enabled):
+  if enabled:
+    jax.debug.callback(_Progress.update, done, total)
+
+
+# ------------------------------------------------------------------- loops --
+
+def _constrain(x, sharding):
+  return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "model_fn", "shape", "method", "opts", "return_trajectory", "progress",
+    "sharding"))
+def _sample(schedule, rng, eta, x_T, cond, *, model_fn, shape, method, opts,
+            return_trajectory, progress, sharding):
+  init_rng, loop_rng = jax.random.split(rng)
+  x = x_T if x_T is not None else jax.random.normal(init_rng, shape, jnp.float32)
+  x = _constrain(x.astype(jnp.float32), sharding)
+  num_steps = schedule.num_timesteps
+
+  def body(x, i):
+    t = jnp.full((shape[0],), i, jnp.int32)
+    rng = jax.random.fold_in(loop_rng, i)
+    if method == "ddpm":
+      x_prev, pred_x0 = ddpm_step(model_fn, schedule, x, t, rng, opts, **cond)
+    else:
+      x_prev, pred_x0 = ddim_step(model_fn, schedule, x, t, rng, eta, opts, **cond)
+    x_prev = _constrain(x_prev, sharding)
+    _report(num_steps - i, num_steps, progress)
+    return x_prev, ((x_prev, pred_x0) if return_trajectory else None)
+
+  x, trajectory = jax.lax.scan(body, x, jnp.arange(num_steps - 1, -1, -1))
+  if not return_trajectory:
+    return x
+  return x, {"x": trajectory[0], "pred_x0": trajectory[1]}
+
+
+def _check_options(method, eta, variance, parameterization):
+  diffusion.check_choice("sampling method", method, METHODS)
+  diffusion.check_choice("variance", variance, diffusion.VARIANCES)
+  diffusion.check_choice("parameterization", parameterization,
+                         diffusion.PARAMETERIZATIONS)
+  if isinstance(eta, (int, float)) and eta < 0:
+    raise ValueError(f"eta must be >= 0, got {eta}")
+
+
+def _check_start(shape, x_T):
+  if len(shape) < 2:
+    raise ValueError(f"shape must be [B, ...] with at least 2 axes, got {shape}")
+  if x_T is not None and tuple(x_T.shape) != shape:
+    raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape is {shape}")
+
+
+def sample(model_fn: Callable, schedule: Schedule, shape: Sequence[int],
+           rng: jax.Array, *, method: str = "ddpm", eta: float = 0.0,
+           clip_denoised: bool = True, parameterization: str = "eps",
+           variance: str = "fixed_small", cond_fn: Optional[Callable] = None,
+           denoised_fn: Optional[Callable] = None,
+           x_T: Optional[jax.Array] = None, return_trajectory: bool = False,
+           progress: bool = False, sharding: Any = None, **cond):
+  """Draws samples by running the reverse process, compiled as one program.
+
+  Args:
+    model_fn: `model_fn(x_t, t, **cond)`, t holding original timesteps. It is
+      a static argument of the compiled loop: pass the same object to reuse
+      the compilation, and close over parameters inside your own `jax.jit`
+      (or pass them through `cond`) rather than as Python constants.
+    schedule: the (possibly respaced) schedule to run, from its last step.
+    shape: [B, ...] of the samples (channels last).
+    rng: a PRNG key; the starting noise and every step's noise derive from it.
+    method: "ddpm" (ancestral) or "ddim".
+    eta: DDIM's noise scale; 0 is deterministic, 1 is ancestral with beta~.
+    clip_denoised: clip each predicted x_0 to [-1, 1].
+    parameterization: "eps", "x0" or "v", what the network predicts.
+    variance: "fixed_small", "fixed_large", "learned_range" or "learned".
+    cond_fn: guidance gradient `cond_fn(x_t, t, **cond)`, or None.
+    denoised_fn: maps each predicted x_0 before it is used (e.g. pastes the
+      known pixels when inpainting).
+    x_T: [shape] starting noise; drawn from `rng` when None.
+    return_trajectory: also return every intermediate state.
+    progress: show a progress bar (a host callback per step; off by default).
+    sharding: a `jax.sharding.Sharding` for the samples, e.g. batch-sharded
+      over a mesh; when None the input's sharding propagates.
+    **cond: per-example conditioning arrays ([B, ...]) for model_fn and
+      cond_fn, e.g. `y=labels`.
+
+  Returns:
+    x_0 [shape], or (x_0, {"x": [N, *shape], "pred_x0": [N, *shape]}) with
+    the trajectory ordered from the first step (t = N - 1) to the last.
+  """
+  shape = tuple(int(s) for s in shape)
+  _check_options(method, eta, variance, parameterization)
+  _check_start(shape, x_T)
+  opts = StepOptions(clip_denoised, parameterization, variance, denoised_fn, cond_fn)
+  return _sample(schedule, rng, jnp.float32(eta), x_T, cond, model_fn=model_fn,
+                 shape=shape, method=method, opts=opts,
+                 return_trajectory=return_trajectory, progress=progress,
+                 sharding=sharding)
+
+
+@functools.partial(jax.jit, static_argnames=("model_fn", "opts", "sharding"))
+def _encode(schedule, x0, cond, *, model_fn, opts, sharding):
+  def body(x, i):
+    t = jnp.full((x0.shape[0],), i, jnp.int32)
+    x_next = ddim_encode_step(model_fn, schedule, x, t, opts, **cond)
+    return _constrain(x_next, sharding), None
+
+  x, _ = jax.lax.scan(body, _constrain(x0.astype(jnp.float32), sharding),
+                      jnp.arange(schedule.num_timesteps))
+  return x
+
+
+def ddim_encode(model_fn: Callable, schedule: Schedule, x0: jax.Array, *,
+                clip_denoised: bool = False, parameterization: str = "eps",
+                variance: str = "fixed_small", cond_fn: Optional[Callable] = None,
+                sharding: Any = None, **cond) -> jax.Array:
+  """Runs the DDIM ODE forward, x_0 -> x_T (the inverse of eta = 0 sampling).
+
+  `sample(..., method="ddim", eta=0, x_T=ddim_encode(...))` returns x_0 to
+  within the ODE's discretisation error. Arguments as in `sample`.
+
+  Returns:
+    x_T [same shape as x0], at the noise level of the schedule's last step.
+  """
+  _check_options("ddim", 0.0, variance, parameterization)
+  opts = StepOptions(clip_denoised, parameterization, variance, None, cond_fn)
+  return _encode(schedule, x0, cond, model_fn=model_fn, opts=opts, sharding=sharding)

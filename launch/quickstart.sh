@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The two Quickstart commands of README.md. Each sets up (or reuses) a virtual
+# environment in .venv with this package installed, then runs:
+#
+#   bash launch/quickstart.sh main   # the main job (see README.md)
+#   bash launch/quickstart.sh test   # the test suite on the CPU backend
+#
+# Needs only python3 >= 3.10 with venv; set PYTHON to use another interpreter
+# and DIFFUSION_JAX_VENV to put the environment elsewhere.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${DIFFUSION_JAX_VENV:-$root/.venv}"
+python="${PYTHON:-python3}"
+
+die() { echo "quickstart: $*" >&2; exit 2; }
+
+ensure_env() {
+  command -v "$python" >/dev/null || die "$python not found; install Python >= 3.10"
+  "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+    || die "$python is $("$python" -V 2>&1); diffusion_jax needs Python >= 3.10"
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "quickstart: creating a virtual environment in $venv"
+    "$python" -m venv "$venv" || die "could not create $venv (on Debian/Ubuntu: apt install python3-venv)"
+  fi
+  # Reinstall only when setup.py changed since the last install.
+  local stamp="$venv/.diffusion_jax-$(sha256sum "$root/setup.py" | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    echo "quickstart: installing diffusion_jax and its dependencies (once; a few minutes)"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q -e "$root[test]"
+    rm -f "$venv"/.diffusion_jax-*
+    touch "$stamp"
+  fi
+}
+
+cd "$root"
+case "${1:-}" in
+  main)
+    shift
+    ensure_env
+    exec "$venv/bin/python" -m diffusion_jax.main --mode=toy \
+      --config=configs/toy_mixture.py --workdir=runs/toy "$@"
+    ;;
+  test)
+    shift
+    ensure_env
+    exec "$venv/bin/python" -m pytest -q "$@"
+    ;;
+  *)
+    die "usage: bash launch/quickstart.sh {main|test} [extra arguments]"
+    ;;
+esac

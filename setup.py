@@ -1,0 +1,40 @@
+"""diffusion-jax: guided-diffusion and GLIDE in JAX/Flax."""
+import pathlib
+
+from setuptools import find_packages, setup
+
+README = pathlib.Path(__file__).with_name("README.md")
+
+setup(
+    name="diffusion-jax",
+    version="0.1.0",
+    description=("Guided-diffusion and GLIDE image diffusion models in JAX/Flax, "
+                 "from one CPU to multi-host pods"),
+    long_description=README.read_text() if README.exists() else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["diffusion_jax", "diffusion_jax.*"]),
+    python_requires=">=3.10",
+    # jax, flax and orbax move their APIs between minor versions: pinned to
+    # the ranges this code is tested on (CPU 0.10.2, GPU 0.11.2).
+    install_requires=[
+        "jax>=0.10.2,<0.13",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "tensorflow-datasets>=4.9.9,<5",
+        "ml_collections>=1.0,<2",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+        "matplotlib>=3.8",
+        "pillow>=10",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "scipy>=1.11"],
+        "notebooks": ["jupyter", "nbclient>=0.10", "ipykernel"],
+        # The PyTorch twin of the training benchmark; 2.13.0 is a CPU build.
+        "bench": ["torch>=2.5,<=2.13.0"],
+    },
+    entry_points={"console_scripts": ["diffusion-jax=diffusion_jax.main:run"]},
+    license="Apache-2.0",
+)
