@@ -1,0 +1,141 @@
+"""The Flax UNet and noisy classifier are the same functions as the OpenAI
+PyTorch models: their state_dicts load onto our parameters and reproduce the
+reference outputs (../shared/testdata/openai_parity)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_jax.models import NoisyClassifier, UNet, convert
+
+# The reference configs (see each .npz's `config`); attention given as
+# resolutions in pixels: factor 2 on 16x16 images is 8.
+REFERENCE_MODELS = {
+    "adm_unet": (UNet, dict(model_channels=32, out_channels=6, num_res_blocks=1,
+                            attention_resolutions=(8,), channel_mult=(1, 2),
+                            num_classes=5, num_head_channels=16)),
+    "adm_superres": (UNet, dict(model_channels=32, out_channels=6, num_res_blocks=1,
+                                attention_resolutions=(8,), channel_mult=(1, 2),
+                                num_classes=3, num_head_channels=16)),
+    "adm_classifier": (NoisyClassifier, dict(
+        model_channels=32, num_res_blocks=2, attention_resolutions=(8,),
+        channel_mult=(1, 2), num_classes=4, num_head_channels=16,
+        pool_head_channels=16, resblock_updown=False)),
+}
+
+
+def nhwc(a):
+  return jnp.asarray(a.transpose(0, 2, 3, 1))
+
+
+def reference_inputs(data):
+  x, t = nhwc(data["x_nchw"]), jnp.asarray(data["t"])
+  cond = {}
+  if "y" in data:
+    cond["y"] = jnp.asarray(data["y"])
+  if "low_res_nchw" in data:
+    cond["low_res"] = nhwc(data["low_res_nchw"])
+  return x, t, cond
+
+
+def load_reference(shared_dir, name):
+  path = shared_dir / "testdata" / "openai_parity" / f"{name}.npz"
+  with np.load(path) as data:
+    arrays = {k: data[k] for k in data.files}
+  module_cls, kwargs = REFERENCE_MODELS[name]
+  model = module_cls(**kwargs)
+  x, t, cond = reference_inputs(arrays)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x, t, **cond)["params"]
+  return model, shapes, arrays, (x, t, cond)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_MODELS))
+def test_openai_state_dict_reproduces_reference_output(shared_dir, name):
+  model, shapes, arrays, (x, t, cond) = load_reference(shared_dir, name)
+  state_dict = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+  params = convert.from_torch(state_dict, shapes)
+  out = np.asarray(model.apply({"params": params}, x, t, **cond))
+  expected = arrays.get("output_nchw", arrays.get("output"))
+  if expected.ndim == 4:
+    expected = expected.transpose(0, 2, 3, 1)
+  scale = np.abs(expected).max()
+  np.testing.assert_allclose(out, expected, atol=1e-4 * scale, rtol=1e-4)
+  # Same parameter count as the PyTorch model: nothing extra, nothing missing.
+  assert sum(p.size for p in jax.tree.leaves(params)) == sum(
+      v.size for v in state_dict.values())
+
+
+def test_import_names_the_mismatch(shared_dir):
+  model, shapes, arrays, _ = load_reference(shared_dir, "adm_unet")
+  state_dict = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+  broken = dict(state_dict)
+  broken["input_blocks.1.0.in_layers.2.weight"] = np.zeros((16, 32, 3, 3), np.float32)
+  with pytest.raises(ValueError, match=r"input_blocks.1.0.in_layers.2.weight.*\(3, 3, 32, 16\)"):
+    convert.from_torch(broken, shapes)
+  missing = dict(state_dict)
+  del missing["label_emb.weight"]
+  with pytest.raises(ValueError, match="no 'label_emb.weight'"):
+    convert.from_torch(missing, shapes)
+  extra = dict(state_dict, **{"extra.weight": np.zeros(3)})
+  with pytest.raises(ValueError, match="extra.weight"):
+    convert.from_torch(extra, shapes)
+
+
+TINY = dict(model_channels=32, num_res_blocks=1, channel_mult=(1, 2),
+            attention_resolutions=(4,), num_head_channels=16, num_groups=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_unet_and_params():
+  model = UNet(out_channels=6, num_classes=4, dropout=0.1, **TINY)
+  x = jnp.zeros((2, 8, 8, 3))
+  params = model.init(jax.random.key(0), x, jnp.zeros(2, int), y=jnp.zeros(2, int))["params"]
+  return model, params
+
+
+def test_output_shapes_and_extra_inputs():
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  t = jnp.array([3, 700])
+  for kwargs, cond, out_channels in [
+      (dict(out_channels=3), {}, 3),
+      (dict(out_channels=6, num_classes=5), dict(y=jnp.array([0, 4])), 6),
+      (dict(out_channels=3), dict(low_res=jnp.zeros((2, 4, 4, 3))), 3),
+      (dict(out_channels=3), dict(inpaint_image=jnp.zeros((2, 8, 8, 3)),
+                                  inpaint_mask=jnp.ones((2, 8, 8, 1))), 3)]:
+    model = UNet(**kwargs, **TINY)
+    out, variables = model.init_with_output(jax.random.key(0), x, t, **cond)
+    assert out.shape == (2, 8, 8, out_channels) and out.dtype == jnp.float32
+    in_kernel = variables["params"]["input_blocks_0_0"]["kernel"]
+    assert in_kernel.shape[2] == 3 + sum(v.shape[-1] for v in cond.values() if v.ndim == 4)
+  classifier = NoisyClassifier(num_classes=7, pool_head_channels=16, **TINY)
+  logits, _ = classifier.init_with_output(jax.random.key(0), x, t)
+  assert logits.shape == (2, 7)
+
+
+def test_dropout_remat_and_bf16(tiny_unet_and_params):
+  model, params = tiny_unet_and_params
+  x = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
+  t, y = jnp.array([10, 500]), jnp.array([1, 3])
+  # Perturb the zero-initialised output convs so every layer matters.
+  params = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.key(3), p.shape),
+                        params)
+  ref = model.apply({"params": params}, x, t, y=y)
+  again = model.apply({"params": params}, x, t, y=y)
+  np.testing.assert_array_equal(ref, again)
+  dropped = model.apply({"params": params}, x, t, y=y, train=True,
+                        rngs={"dropout": jax.random.key(4)})
+  assert not np.allclose(dropped, ref)
+  remat = model.clone(remat=True).apply({"params": params}, x, t, y=y)
+  np.testing.assert_allclose(remat, ref, atol=1e-6)
+  half = model.clone(dtype=jnp.bfloat16).apply({"params": params}, x, t, y=y)
+  assert half.dtype == jnp.float32
+  np.testing.assert_allclose(half, ref, atol=0.05 * float(jnp.abs(ref).max()))
+
+
+def test_bad_image_size_and_labels_raise():
+  model = UNet(out_channels=3, **TINY)
+  with pytest.raises(ValueError, match=r"divisible by 2.*\(2, 7, 8, 3\)"):
+    model.init(jax.random.key(0), jnp.zeros((2, 7, 8, 3)), jnp.zeros(2, int))
+  with pytest.raises(ValueError, match="class labels y"):
+    model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), jnp.zeros(2, int),
+               y=jnp.zeros(2, int))
