@@ -1,28 +1,44 @@
 """Command line: `python -m diffusion_jax.main --mode=MODE --config=FILE[:variant] --workdir=DIR`.
 
 Modes:
-  toy: sample a 2-D Gaussian mixture with its exact denoiser (every sampler
-    and guidance), write `samples.png`, `samples.npz` and `summary.json`.
+  train: train the config's model in WORKDIR, resuming from its latest
+    checkpoint; writes TensorBoard logs, checkpoints and sample grids.
+  sample: restore WORKDIR's latest checkpoint and write a grid of samples
+    (PNG) and the samples (.npz), as the config's `sample` section says.
+  toy: sample a 2-D Gaussian mixture with its exact denoiser (no training).
 
-Override any config field with `--config.section.field=value`.
+Override any config field with `--config.section.field=value`. Multi-host:
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or the
+DIFFUSION_JAX_* environment variables, see `parallel.initialize_distributed`).
 """
 from __future__ import annotations
 
 import json
 import sys
+import traceback
 
-from absl import app, flags, logging
 import ml_collections
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-_MODES = ("toy",)
+_MODES = ("train", "sample", "toy")
 
 FLAGS = flags.FLAGS
-_MODE = flags.DEFINE_enum("mode", "toy", _MODES, "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", _MODES, "What to run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs go.", required=True)
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file, e.g. configs/toy_mixture.py:quick.",
+    "config", None, "A config file, e.g. configs/shapes_class_cond.py:quick.",
     lock_config=True)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for multi-host runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def fail(message: str) -> None:
+  """Exits with a one-line error (status 2), no traceback."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
 
 
 def _run_toy(config, workdir):
@@ -32,23 +48,37 @@ def _run_toy(config, workdir):
   print(f"wrote {workdir}/samples.png, samples.npz and summary.json")
 
 
+def _run_train(config, workdir):
+  from diffusion_jax.training import loop
+  loop.train_and_evaluate(config, workdir)
+  print(f"trained; checkpoints, logs and samples are in {workdir}")
+
+
+def _run_sample(config, workdir):
+  from diffusion_jax.training import loop
+  path = loop.sample_from_workdir(config, workdir)
+  print(f"wrote {path} and {path.with_suffix('.npz')}")
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value
   if config is None:
-    fail("--config is required, e.g. --config=configs/toy_mixture.py")
+    fail("--config is required, e.g. --config=configs/shapes_class_cond.py")
   if not isinstance(config, ml_collections.ConfigDict):  # config_flags' lazy error
     path = config_flags.get_config_filename(FLAGS["config"])
     fail(f"could not load the config file {path!r} (is the path right?)")
+  from diffusion_jax import parallel
+  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                  _PROCESS_ID.value)
   logging.info("mode=%s workdir=%s\n%s", _MODE.value, _WORKDIR.value, config)
-  {"toy": _run_toy}[_MODE.value](config, _WORKDIR.value)
-
-
-def fail(message: str) -> None:
-  """Exits with a one-line error (status 2), no traceback."""
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  run = {"toy": _run_toy, "train": _run_train, "sample": _run_sample}[_MODE.value]
+  try:
+    run(config, _WORKDIR.value)
+  except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback
+    logging.debug("%s", traceback.format_exc())
+    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 def _parse_flags(argv):

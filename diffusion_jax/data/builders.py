@@ -1,0 +1,181 @@
+"""The dataset registry: a name -> a prepared TFDS builder to read from.
+
+Names:
+  "shapes", "shapes/<config>"  coloured shapes (`shapes.Shapes`), embedded;
+                               default config "one_object_16"
+  "digits", "digits/<config>"  scikit-learn digits (`digits.Digits`),
+                               embedded; default config "16"
+  anything else                a public TFDS dataset ("mnist", "cifar10",
+                               "mnist:3.0.1", "celeb_a/..."), which must have
+                               been prepared beforehand (it needs the network)
+
+The embedded datasets are written as array_record into the data dir on first
+use, under a file lock, and reused afterwards. Read them with
+`builder.as_data_source()[split][i]`, a dict of numpy values; `metadata`
+says what the model needs (image size, channels, classes, captions).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import os
+import time
+from typing import Any, Iterator
+
+import tensorflow_datasets as tfds
+from absl import logging
+
+from diffusion_jax.data import digits, shapes
+
+ENV_DATA_DIR = "DIFFUSION_JAX_DATA_DIR"
+# The embedded builders and their number of classes (their labels are
+# int64 tensors, not ClassLabel features).
+EMBEDDED = {"shapes": (shapes.Shapes, shapes.NUM_CLASSES),
+            "digits": (digits.Digits, digits.NUM_CLASSES)}
+_FILE_FORMAT = "array_record"
+
+
+def default_data_dir() -> str:
+  """$DIFFUSION_JAX_DATA_DIR, or ~/.cache/diffusion_jax/tensorflow_datasets."""
+  return (os.environ.get(ENV_DATA_DIR)
+          or os.path.expanduser("~/.cache/diffusion_jax/tensorflow_datasets"))
+
+
+DEFAULT_DATA_DIR = default_data_dir()  # at import; load_builder re-reads the env
+
+
+def builtin_names() -> list[str]:
+  """Every embedded "dataset/config" name, e.g. "shapes/two_objects_32"."""
+  return [f"{name}/{config.name}" for name, (cls, _) in EMBEDDED.items()
+          for config in cls.BUILDER_CONFIGS]
+
+
+def load_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+  """A prepared builder for `name`; prepares embedded datasets on first use.
+
+  Args:
+    name: "shapes", "digits", "<one of those>/<config>", or a public TFDS
+      name (with an optional "/config" and ":version").
+    data_dir: where the prepared data lives; default `default_data_dir()`.
+
+  Returns:
+    A builder whose `as_data_source()` gives random access to each split.
+
+  Raises:
+    ValueError: an unknown name or config, or a public dataset that is not
+      prepared in `data_dir` in a random-access format.
+  """
+  data_dir = data_dir or default_data_dir()
+  dataset, _, config = name.partition("/")
+  if dataset in EMBEDDED:
+    return _embedded_builder(EMBEDDED[dataset][0], config or None, data_dir)
+  return _public_builder(name, data_dir)
+
+
+def _embedded_builder(cls: type[tfds.core.GeneratorBasedBuilder], config: str | None,
+                      data_dir: str) -> tfds.core.DatasetBuilder:
+  """Builds `cls` with `config` in `data_dir` once, then reuses it."""
+  configs = [c.name for c in cls.BUILDER_CONFIGS]
+  config = config or cls.DEFAULT_CONFIG_NAME
+  if config not in configs:
+    raise ValueError(f"{cls.name} has no config {config!r}; valid: {', '.join(configs)}")
+  make = functools.partial(cls, data_dir=data_dir, config=config,
+                           file_format=_FILE_FORMAT)
+  builder = make()
+  if builder.is_prepared():
+    return builder
+  with _file_lock(data_dir, f"{cls.name}-{config}"):
+    builder = make()  # another process may have prepared it while we waited
+    if not builder.is_prepared():
+      logging.info("Preparing %s/%s in %s on first use.", cls.name, config, data_dir)
+      start = time.perf_counter()
+      builder.download_and_prepare()
+      logging.info("Prepared %s/%s in %.1f s.", cls.name, config,
+                   time.perf_counter() - start)
+  return builder
+
+
+@contextlib.contextmanager
+def _file_lock(data_dir: str, name: str) -> Iterator[None]:
+  """An exclusive lock on `data_dir/.name.lock` (local paths only)."""
+  if "://" in data_dir:  # remote (gs://...): no flock; prepare it beforehand
+    yield
+    return
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, f".{name}.lock"), "w") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _public_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  """The builder of a public TFDS dataset already prepared in `data_dir`."""
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(f"unknown dataset {name!r}: neither built in "
+                     f"({', '.join(['shapes', 'digits', *builtin_names()])}) "
+                     "nor a TFDS dataset") from None
+  if not builder.is_prepared():
+    raise ValueError(f"TFDS dataset {name!r} is not prepared in {data_dir}; prepare it "
+                     f"first with network access: tfds build {name} --data_dir "
+                     f"{data_dir} --file_format {_FILE_FORMAT}")
+  random_access = set(tfds.core.FileFormat.with_random_access())
+  if not random_access & set(builder.info.available_file_formats()):
+    raise ValueError(f"TFDS dataset {name!r} in {data_dir} is stored as "
+                     f"{builder.info.file_format.value}, which has no random access; "
+                     f"rebuild it with --file_format {_FILE_FORMAT}")
+  return builder
+
+
+def metadata(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
+  """What the model and pipeline need to know about a dataset.
+
+  Args:
+    builder: from `load_builder`.
+
+  Returns:
+    {"name": "shapes/one_object_16", "image_shape": (H, W, C) (None where
+    the images vary), "image_size": H if square and fixed else None,
+    "channels": C, "num_classes": int, or None without a class label,
+    "has_caption": whether examples have a "caption" text,
+    "splits": {split: number of examples}}.
+  """
+  features = builder.info.features
+  if "image" not in features:
+    raise ValueError(f"dataset {builder.name} has no 'image' feature: {list(features)}")
+  height, width, channels = features["image"].shape
+  return {
+      "name": builder.info.full_name.rsplit("/", 1)[0],
+      "image_shape": (height, width, channels),
+      "image_size": height if height is not None and height == width else None,
+      "channels": channels,
+      "num_classes": _num_classes(builder),
+      "has_caption": "caption" in features,
+      "splits": {split: info.num_examples for split, info in builder.info.splits.items()},
+  }
+
+
+def _num_classes(builder: tfds.core.DatasetBuilder) -> int | None:
+  features = builder.info.features
+  if "label" in features and isinstance(features["label"], tfds.features.ClassLabel):
+    return features["label"].num_classes
+  if builder.name in EMBEDDED:
+    return EMBEDDED[builder.name][1]
+  return None
+
+
+def label_names(name: str, labels, data_dir: str | None = None) -> list[str]:
+  """Human-readable names of `labels` (grid row titles), e.g. "red circle"."""
+  dataset = name.partition("/")[0]
+  if dataset == "shapes":
+    return [shapes.label_name(int(label)) for label in labels]
+  if dataset == "digits":
+    return [f"digit {int(label)}" for label in labels]
+  feature = load_builder(name, data_dir).info.features.get("label")
+  if isinstance(feature, tfds.features.ClassLabel):
+    return [feature.int2str(int(label)) for label in labels]
+  return [f"class {int(label)}" for label in labels]

@@ -1,0 +1,173 @@
+"""The input pipeline: deterministic, per-process, filterable batches.
+
+`ImageData.local_batch(step)` is a pure function of (seed, step): the
+examples are a grain `MapDataset` (shuffled per epoch from the seed, repeated)
+read by index, so a resumed run sees exactly the batches an uninterrupted one
+would. Process p of P reads only its own slice [p * B/P, (p + 1) * B/P) of
+each global batch of B; `parallel.global_batch` assembles the global arrays.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+from typing import Callable, Iterator, Optional
+
+import grain
+import jax
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from diffusion_jax.data import builders
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model needs to know about the data."""
+  image_size: int
+  channels: int
+  num_classes: Optional[int]
+  train_examples: int
+
+
+def dataset_info(data_config, builder, num_examples: int) -> DatasetInfo:
+  """The model-facing description of the data (config sizes override the data's)."""
+  meta = builders.metadata(builder)
+  size = data_config.image_size or meta["image_size"]
+  channels = data_config.channels or meta["channels"]
+  return DatasetInfo(size, channels, meta["num_classes"], num_examples)
+
+
+class _Subset:
+  """Random access to the chosen `indices` of a data source."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self._source, self._indices = source, indices
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i: int):
+    return self._source[int(self._indices[i])]
+
+
+def to_model_image(image: np.ndarray, image_size: int, channels: int) -> np.ndarray:
+  """uint8 [h, w, c] -> float32 [S, S, channels] in [-1, 1] (center crop, bilinear)."""
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[:2] != (image_size, image_size):
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = image[top:top + side, left:left + side]
+    pil = Image.fromarray(crop[..., 0] if crop.shape[-1] == 1 else crop)
+    image = np.asarray(pil.resize((image_size, image_size), Image.BILINEAR))
+    image = image[..., None] if image.ndim == 2 else image
+  if image.shape[-1] != channels:
+    if image.shape[-1] == 1:
+      image = np.repeat(image, channels, axis=-1)
+    elif channels == 1:
+      image = np.round(image.mean(-1, keepdims=True))
+    else:
+      raise ValueError(f"cannot turn {image.shape[-1]}-channel images into {channels}")
+  return image.astype(np.float32) / 127.5 - 1.0
+
+
+def keep_by_predicate(source, predicate: Optional[Callable[[dict], bool]],
+                      drop_fn: Optional[Callable[[list], np.ndarray]] = None,
+                      chunk: int = 512) -> np.ndarray:
+  """Indices of the examples that `predicate` keeps and `drop_fn` does not flag.
+
+  Args:
+    source: a random-access data source.
+    chunk: examples per call of `drop_fn`.
+    predicate: example -> True to keep (labels, attributes), or None.
+    drop_fn: a list of examples -> bool [n], True to drop (e.g. a trained
+      classifier's verdict), or None.
+  """
+  n = len(source)
+  if predicate is None and drop_fn is None:
+    return np.arange(n)
+  keep = []
+  for start in range(0, n, chunk):
+    examples = [source[i] for i in range(start, min(n, start + chunk))]
+    mask = np.array([predicate(e) if predicate else True for e in examples])
+    if drop_fn is not None:
+      mask &= ~np.asarray(drop_fn(examples), bool)
+    keep.extend(start + np.flatnonzero(mask))
+  return np.asarray(keep, np.int64)
+
+
+def attribute_predicate(filter_config) -> Optional[Callable[[dict], bool]]:
+  """Drops examples whose attribute is in a list: `drop={"label": (3,), "color": (0,)}`."""
+  rules = {k: set(int(v) for v in values) for k, values in dict(filter_config.drop).items()
+           if values}
+  if not rules:
+    return None
+
+  def predicate(example):
+    for key, dropped in rules.items():
+      if key not in example:
+        raise ValueError(f"data.filter.drop names {key!r}, which the examples lack "
+                         f"(they have {sorted(example)})")
+      if int(example[key]) in dropped:
+        return False
+    return True
+  return predicate
+
+
+class ImageData:
+  """Batches of {"image": float32 [b, S, S, C], "label": int32 [b]} for this process."""
+
+  def __init__(self, data_config, *, seed: int, global_batch_size: int,
+               split: str = "train",
+               drop_fn: Optional[Callable[[list], np.ndarray]] = None,
+               drop_fn_factory: Optional[Callable[[DatasetInfo], Callable]] = None,
+               process_index: Optional[int] = None, process_count: Optional[int] = None):
+    self.process_index = jax.process_index() if process_index is None else process_index
+    self.process_count = jax.process_count() if process_count is None else process_count
+    if global_batch_size % self.process_count:
+      raise ValueError(f"batch size {global_batch_size} is not divisible by the "
+                       f"{self.process_count} processes")
+    self.global_batch_size = global_batch_size
+    self.local_batch_size = global_batch_size // self.process_count
+    builder = builders.load_builder(data_config.name, data_config.data_dir or None)
+    source = builder.as_data_source()[split]
+    self.info = dataset_info(data_config, builder, len(source))
+    if drop_fn_factory is not None:
+      drop_fn = drop_fn_factory(self.info)
+    indices = keep_by_predicate(source, attribute_predicate(data_config.filter), drop_fn)
+    self.dropped = len(source) - len(indices)
+    if self.dropped:
+      logging.info("data filter: dropped %d of %d %s examples", self.dropped,
+                   len(source), split)
+    if len(indices) == 0:
+      raise ValueError("data filter dropped every example")
+    size, channels = self.info.image_size, self.info.channels
+    self.dataset = (grain.MapDataset.source(_Subset(source, indices)).seed(seed)
+                    .shuffle().repeat().map(lambda e: self._prepare(e, size, channels)))
+
+  @staticmethod
+  def _prepare(example, image_size, channels) -> dict:
+    prepared = {"image": to_model_image(example["image"], image_size, channels)}
+    if "label" in example:
+      prepared["label"] = np.int32(example["label"])
+    return prepared
+
+  def local_batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's share of global batch number `step`."""
+    start = step * self.global_batch_size + self.process_index * self.local_batch_size
+    examples = [self.dataset[start + j] for j in range(self.local_batch_size)]
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+  def batches(self, start_step: int, prefetch: int = 2) -> Iterator[dict]:
+    """local_batch(start_step), local_batch(start_step + 1), ... read ahead in a thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      pending = [pool.submit(self.local_batch, start_step + i) for i in range(prefetch)]
+      step = start_step + prefetch
+      while True:
+        batch = pending.pop(0).result()
+        pending.append(pool.submit(self.local_batch, step))
+        step += 1
+        yield batch

@@ -1,0 +1,1 @@
+"""Training: the train state, pure train steps, optimizer, loop, checkpoints."""
