@@ -22,7 +22,11 @@ setup(
         "optax>=0.2.8,<0.3",
         "orbax-checkpoint>=0.12,<0.13",
         "tensorflow-datasets>=4.9.9,<5",
+        "array_record>=0.8",
+        "grain>=0.2.18,<0.3",
         "ml_collections>=1.0,<2",
+        "tensorboardX>=2.6",
+        "scikit-learn>=1.4",  # the bundled handwritten digits
         "absl-py>=2.1",
         "numpy>=1.26",
         "matplotlib>=3.8",
