@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax import parallel
-from train_helpers import gathered_params, quick_config, run_steps
+from train_helpers import data_dir, gathered_params, quick_config, run_steps
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -129,7 +129,7 @@ def test_resume_continues_from_the_latest_checkpoint(trained_workdir):
 def run_cli(*args):
   return subprocess.run([sys.executable, "-m", "diffusion_jax.main", *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=600,
-                        env=dict(os.environ, DIFFUSION_JAX_DATA_DIR=str(ROOT / ".cache" / "test_tfds")))
+                        env=dict(os.environ, DIFFUSION_JAX_DATA_DIR=data_dir()))
 
 
 @pytest.mark.parametrize("override,message", [
@@ -145,3 +145,36 @@ def test_bad_input_is_a_one_line_error(tmp_path, override, message):
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
   assert "Traceback" not in result.stderr
+
+
+def test_classifier_filter_drops_what_the_classifier_flags(tmp_path, trained_workdir):
+  import jax.numpy as jnp
+  from configs import shapes_classifier
+  from diffusion_jax.data import pipeline
+  from diffusion_jax.training import filtering, loop
+  clf_config = shapes_classifier.get_config("quick")
+  clf_config.data.data_dir = data_dir()
+  loop.train_and_evaluate(clf_config, str(tmp_path))
+  # What the classifier says of every training example, computed here directly.
+  mesh = parallel.make_mesh(devices=jax.devices()[:1])
+  data = pipeline.ImageData(quick_config().data, seed=0, global_batch_size=8)
+  task, params = filtering.load_classifier(str(tmp_path), data.info, mesh)
+  from diffusion_jax.data import builders
+  raw = builders.load_builder("shapes/one_object_16", data_dir()).as_data_source(
+      split="train")
+  images = np.stack([pipeline.to_model_image(raw[i]["image"], 16, 3) for i in range(len(raw))])
+  probs = np.concatenate([np.asarray(jax.nn.softmax(task.apply(
+      params, jnp.asarray(images[i:i + 2000]), jnp.zeros(len(images[i:i + 2000]), int)), -1))
+      for i in range(0, len(images), 2000)])
+  drop_prob = probs[:, :9].sum(-1)
+  threshold = float(np.median(drop_prob))
+  config = quick_config()
+  config.data.filter.classifier_workdir = str(tmp_path)
+  config.data.filter.classifier_drop_labels = tuple(range(9))
+  config.data.filter.classifier_threshold = threshold
+  filtered = loop.load_data(config, mesh)
+  assert filtered.dropped == int(np.sum(drop_prob > threshold))
+  assert 0.3 * len(raw) < filtered.dropped < 0.7 * len(raw)
+  with pytest.raises(ValueError, match="not a classifier"):
+    config.data.filter.classifier_workdir = str(trained_workdir)
+    loop.load_data(config, mesh)

@@ -23,7 +23,11 @@ def quick_config(**overrides):
 
 
 def data_dir():
-  return os.path.join(os.path.dirname(__file__), "..", ".cache", "test_tfds")
+  """.cache/test_tfds/<hash of the dataset generators>: fresh data when they change."""
+  import hashlib
+  from diffusion_jax.data import digits, shapes
+  sources = b"".join(open(m.__file__, "rb").read() for m in (shapes, digits))
+  return os.path.join(ROOT, ".cache", "test_tfds", hashlib.sha256(sources).hexdigest()[:12])
 
 
 def run_steps(config, mesh, num_steps, process_index=None, process_count=None):

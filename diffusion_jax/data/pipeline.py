@@ -133,7 +133,7 @@ class ImageData:
     self.global_batch_size = global_batch_size
     self.local_batch_size = global_batch_size // self.process_count
     builder = builders.load_builder(data_config.name, data_config.data_dir or None)
-    source = builder.as_data_source()[split]
+    source = builder.as_data_source(split=split)
     self.info = dataset_info(data_config, builder, len(source))
     if drop_fn_factory is not None:
       drop_fn = drop_fn_factory(self.info)

@@ -235,7 +235,15 @@ def render_example(seed: int, index: int, image_size: int = 16,
 
 
 def features(image_size: int, num_objects: int) -> tfds.features.FeaturesDict:
-  """The TFDS features of `render_example(..., image_size, num_objects)`."""
+  """The TFDS features of `render_example(..., image_size, num_objects)`.
+
+  Args:
+    image_size: side S of the images.
+    num_objects: 1 or 2; two objects add "shape2", "color2", "size2", "position2".
+
+  Returns:
+    int64 scalar tensors, "image" a uint8 [S, S, 3] tensor, "caption" text.
+  """
   scalar = lambda: tfds.features.Tensor(shape=(), dtype=np.int64)  # noqa: E731
   spec = {"image": tfds.features.Tensor(shape=(image_size, image_size, 3),
                                         dtype=np.uint8),
