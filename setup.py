@@ -32,6 +32,7 @@ setup(
         "matplotlib>=3.8",
         "pillow>=10",
         "tqdm>=4.66",
+        "safetensors>=0.4",  # exported models
     ],
     extras_require={
         "test": ["pytest>=8", "scipy>=1.11"],

@@ -10,4 +10,11 @@ The core is pure functions of a noise `Schedule`:
 from diffusion_jax import diffusion, guidance, oracles, sampling, schedules
 
 __version__ = "0.1.0"
-__all__ = ["diffusion", "guidance", "oracles", "sampling", "schedules"]
+__all__ = ["diffusion", "guidance", "load", "oracles", "sampling", "schedules"]
+
+
+def load(path, ema_rate=None):
+  """A trained model ready to sample, from an export folder or a training
+  workdir: see `diffusion_jax.export.load`."""
+  from diffusion_jax import export
+  return export.load(path, ema_rate)

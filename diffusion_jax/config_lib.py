@@ -12,6 +12,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.resume = True  # False: start over in a workdir that holds another run
   c.task = "diffusion"  # or "classifier" (the noisy classifier for guidance)
 
   c.data = ml_collections.ConfigDict()
@@ -65,7 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 10_000
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
-  c.train.keep_checkpoints = 3
+  c.train.keep_checkpoints = 3  # the last N
+  c.train.keep_every = 0  # and every step divisible by K (0: none)
+  c.train.max_nonfinite_steps = 20  # stop after this many skipped steps in a row
   c.train.sample_every = 0  # 0 = only at the end
   c.train.ema_rates = (0.999,)
   c.train.ema_warmup = True  # decay min(rate, (1 + step) / (10 + step))

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import guidance, sampling, schedules, visualize
+from diffusion_jax import guidance, sampling, schedules, validation, visualize
 
 
 def make_sample_fn(task, sample_config, batch_size: int):
@@ -43,9 +43,7 @@ def class_grid_labels(num_classes: Optional[int], per_class: int,
   """[rows, per_class] labels: one row per class (or per label asked for)."""
   rows = list(labels) if labels else list(range(num_classes or 1))
   if num_classes:
-    bad = [r for r in rows if not 0 <= r < num_classes]
-    if bad:
-      raise ValueError(f"sample.labels {bad} out of range: the model has {num_classes} classes")
+    rows = validation.check_labels(rows, num_classes, name="sample.labels")
   return np.repeat(np.asarray(rows, np.int32)[:, None], per_class, axis=1)
 
 

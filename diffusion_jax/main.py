@@ -5,7 +5,13 @@ Modes:
     checkpoint; writes TensorBoard logs, checkpoints and sample grids.
   sample: restore WORKDIR's latest checkpoint and write a grid of samples
     (PNG) and the samples (.npz), as the config's `sample` section says.
+  export: write WORKDIR's latest EMA parameters and config as a portable
+    folder (safetensors + JSON; `--output`, default WORKDIR/export), which
+    `diffusion_jax.load` reads.
   toy: sample a 2-D Gaussian mixture with its exact denoiser (no training).
+
+Exit status: 0 done, 1 failed, 2 bad input (a one-line error), 75 preempted
+(SIGTERM: a checkpoint was saved at the current step; rerun to resume).
 
 Override any config field with `--config.section.field=value`. Multi-host:
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or the
@@ -21,7 +27,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_MODES = ("train", "sample", "toy")
+_MODES = ("train", "sample", "export", "toy")
 
 FLAGS = flags.FLAGS
 _MODE = flags.DEFINE_enum("mode", "train", _MODES, "What to run.")
@@ -29,16 +35,17 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs go.", required=Tr
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file, e.g. configs/shapes_class_cond.py:quick.",
     lock_config=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Export folder (--mode=export).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, for multi-host runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
-def fail(message: str) -> None:
-  """Exits with a one-line error (status 2), no traceback."""
+def fail(message: str, status: int = 2) -> None:
+  """Exits with a one-line error (status 2: bad input), no traceback."""
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
 
 
 def _run_toy(config, workdir):
@@ -50,14 +57,23 @@ def _run_toy(config, workdir):
 
 def _run_train(config, workdir):
   from diffusion_jax.training import loop
-  loop.train_and_evaluate(config, workdir)
-  print(f"trained; checkpoints, logs and samples are in {workdir}")
+  state = loop.train_and_evaluate(config, workdir)
+  grid = f"{workdir}/samples/step_{int(state.step):06d}.png"
+  print(f"trained to step {int(state.step)}; checkpoints, TensorBoard logs and sample "
+        f"grids are in {workdir} (the last grid: {grid})")
 
 
 def _run_sample(config, workdir):
   from diffusion_jax.training import loop
   path = loop.sample_from_workdir(config, workdir)
   print(f"wrote {path} and {path.with_suffix('.npz')}")
+
+
+def _run_export(config, workdir):
+  del config
+  from diffusion_jax import export
+  path = export.export_model(workdir, _OUTPUT.value or f"{workdir}/export")
+  print(f"exported to {path}; load it with diffusion_jax.load({str(path)!r})")
 
 
 def main(argv):
@@ -73,9 +89,16 @@ def main(argv):
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                   _PROCESS_ID.value)
   logging.info("mode=%s workdir=%s\n%s", _MODE.value, _WORKDIR.value, config)
-  run = {"toy": _run_toy, "train": _run_train, "sample": _run_sample}[_MODE.value]
+  run = {"toy": _run_toy, "train": _run_train, "sample": _run_sample,
+         "export": _run_export}[_MODE.value]
+  from diffusion_jax.training import run_guard
   try:
     run(config, _WORKDIR.value)
+  except run_guard.Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(run_guard.EXIT_PREEMPTED)
+  except run_guard.NonFiniteError as e:
+    fail(str(e), run_guard.EXIT_FAILED)
   except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback
     logging.debug("%s", traceback.format_exc())
     fail(str(e).splitlines()[0] if str(e) else type(e).__name__)

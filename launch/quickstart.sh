@@ -2,8 +2,9 @@
 # The two Quickstart commands of README.md. Each sets up (or reuses) a virtual
 # environment in .venv with this package installed, then runs:
 #
-#   bash launch/quickstart.sh main   # the main job (see README.md)
+#   bash launch/quickstart.sh main   # the main job: train on shapes, write a sample grid
 #   bash launch/quickstart.sh test   # the test suite on the CPU backend
+#   bash launch/quickstart.sh toy    # the exact-denoiser demo (2-D mixture, seconds)
 #
 # Needs only python3 >= 3.10 with venv; set PYTHON to use another interpreter
 # and DIFFUSION_JAX_VENV to put the environment elsewhere.
@@ -39,6 +40,12 @@ case "${1:-}" in
   main)
     shift
     ensure_env
+    exec "$venv/bin/python" -m diffusion_jax.main --mode=train \
+      --config=configs/shapes_class_cond.py --workdir=runs/shapes "$@"
+    ;;
+  toy)
+    shift
+    ensure_env
     exec "$venv/bin/python" -m diffusion_jax.main --mode=toy \
       --config=configs/toy_mixture.py --workdir=runs/toy "$@"
     ;;
@@ -48,6 +55,6 @@ case "${1:-}" in
     exec "$venv/bin/python" -m pytest -q "$@"
     ;;
   *)
-    die "usage: bash launch/quickstart.sh {main|test} [extra arguments]"
+    die "usage: bash launch/quickstart.sh {main|test|toy} [extra arguments]"
     ;;
 esac

@@ -26,12 +26,12 @@ def load_classifier(workdir: str, info: DatasetInfo, mesh):
   checkpointer = ckpt_lib.Checkpointer(str(pathlib.Path(workdir) / "checkpoints"))
   if checkpointer.latest_step() is None:
     raise FileNotFoundError(f"data.filter.classifier_workdir: no checkpoint in {workdir}")
-  config = ml_collections.ConfigDict(checkpointer.restore_config())
+  config = ml_collections.ConfigDict(checkpointer.restore_json()[0])
   if config.task != "classifier":
     raise ValueError(f"data.filter.classifier_workdir {workdir} holds a {config.task!r} "
                      "model, not a classifier")
   task = tasks.make_task(config, info)
-  state, _, step = loop.restore_or_init(task, config, mesh, checkpointer)
+  state, _, step = loop.restore_or_init(task, config, mesh, checkpointer, workdir)
   checkpointer.close()
   logging.info("data filter: classifier from %s at step %d", workdir, step)
   params = next(iter(state.ema_params.values())) if state.ema_params else state.params

@@ -29,6 +29,8 @@ class TrainState:
   opt_state: Any
   ema_params: dict  # ema_key(rate) -> params averaged at that rate
   rng: jax.Array  # uint32 [2], a raw PRNG key (checkpointable)
+  nonfinite_streak: jax.Array  # int32 [], consecutive skipped (non-finite) steps
+  nonfinite_total: jax.Array  # int32 [], all skipped steps of the run
 
 
 def init_state(init_params: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation,
@@ -39,7 +41,9 @@ def init_state(init_params: Callable[[jax.Array], Any], optimizer: optax.Gradien
   params = init_params(init_rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
-                    ema_params={ema_key(r): params for r in ema_rates}, rng=train_rng)
+                    ema_params={ema_key(r): params for r in ema_rates}, rng=train_rng,
+                    nonfinite_streak=jnp.zeros((), jnp.int32),
+                    nonfinite_total=jnp.zeros((), jnp.int32))
 
 
 def state_shardings(mesh: Mesh, abstract_state: TrainState) -> TrainState:

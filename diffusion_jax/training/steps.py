@@ -109,12 +109,26 @@ def make_classifier_step(apply_fn: Callable, schedule: Schedule,
   return _make_step(loss_fn, optimizer, ema_warmup)
 
 
+def guard_nonfinite(state: TrainState, updated: TrainState, finite) -> TrainState:
+  """`updated` if the step was finite; else `state` with only the step advanced
+  (params, optimizer state and EMA untouched) and the skip counted."""
+  kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+  streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
+  return kept.replace(step=state.step + 1, nonfinite_streak=streak,
+                      nonfinite_total=state.nonfinite_total + (1 - finite.astype(jnp.int32)))
+
+
 def _make_step(loss_fn, optimizer, ema_warmup):
   def train_step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(state.rng, state.step)
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, batch, rng)
-    new_state = apply_gradients(state, grads, optimizer, ema_warmup)
-    metrics["grad_norm"] = optax.tree.norm(grads)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updated = apply_gradients(state, grads, optimizer, ema_warmup)
+    new_state = guard_nonfinite(state, updated, finite)
+    metrics.update(grad_norm=grad_norm, skipped=1 - finite.astype(jnp.int32),
+                   nonfinite_total=new_state.nonfinite_total,
+                   nonfinite_streak=new_state.nonfinite_streak)
     return new_state, metrics
   return train_step
