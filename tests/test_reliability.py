@@ -241,3 +241,25 @@ def test_validation_messages():
     validation.check_labels([1], None)
   with pytest.raises(ValueError, match="3 labels for a batch of 2"):
     validation.check_labels([1, 2, 3], 10, 2)
+
+
+def test_keep_last_n_plus_every_k_and_temporary_folders_ignored(tmp_path):
+  config = quick_config(**{"train.num_steps": 8, "train.checkpoint_every": 1,
+                           "train.keep_checkpoints": 2, "train.keep_every": 4,
+                           "train.log_every": 4})
+  loop.train_and_evaluate(config, str(tmp_path))
+  assert steps_on_disk(tmp_path) == [4, 7, 8]
+  # An unfinished save (Orbax's temporary folder) is never taken for a step.
+  (tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-1234567").mkdir()
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
+  assert checkpointer.latest_step() == 8 and checkpointer.all_steps() == [4, 7, 8]
+  checkpointer.close()
+
+
+def test_bf16_compute_keeps_float32_state():
+  config = quick_config(**{"model.dtype": "bfloat16"})
+  state, losses = run_steps(config, parallel.make_mesh(devices=jax.devices()[:1]), 2)
+  assert np.all(np.isfinite(losses))
+  dtypes = {leaf.dtype for leaf in jax.tree.leaves(
+      (state.params, state.opt_state, state.ema_params)) if leaf.ndim > 0}
+  assert dtypes == {np.dtype("float32")}
