@@ -58,7 +58,11 @@ def sample_grid(task, params, sample_config, rng, labels_grid: np.ndarray) -> np
 def write_samples(images: np.ndarray, labels_grid: np.ndarray, path: pathlib.Path,
                   row_titles: Optional[Sequence[str]] = None) -> pathlib.Path:
   """Writes `path`.png (the grid) and `path`.npz (uint8 images and labels)."""
+  path = pathlib.Path(path)
+  if path.suffix in (".png", ".npz"):
+    path = path.with_suffix("")
   path.parent.mkdir(parents=True, exist_ok=True)
-  visualize.image_grid(images, row_titles).save(path.with_suffix(".png"))
-  np.savez(path.with_suffix(".npz"), images=visualize.to_uint8(images), labels=labels_grid)
-  return path.with_suffix(".png")
+  png, npz = path.with_name(path.name + ".png"), path.with_name(path.name + ".npz")
+  visualize.image_grid(images, row_titles).save(png)
+  np.savez(npz, images=visualize.to_uint8(images), labels=labels_grid)
+  return png

@@ -66,7 +66,7 @@ def _run_train(config, workdir):
 def _run_sample(config, workdir):
   from diffusion_jax.training import loop
   path = loop.sample_from_workdir(config, workdir)
-  print(f"wrote {path} and {path.with_suffix('.npz')}")
+  print(f"wrote {path} and {path.with_name(path.name[:-4] + '.npz')}")
 
 
 def _run_export(config, workdir):
