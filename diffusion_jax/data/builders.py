@@ -42,8 +42,6 @@ def default_data_dir() -> str:
           or os.path.expanduser("~/.cache/diffusion_jax/tensorflow_datasets"))
 
 
-DEFAULT_DATA_DIR = default_data_dir()  # at import; load_builder re-reads the env
-
 
 def builtin_names() -> list[str]:
   """Every embedded "dataset/config" name, e.g. "shapes/two_objects_32"."""

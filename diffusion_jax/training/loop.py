@@ -20,7 +20,7 @@ from absl import logging
 
 from diffusion_jax import generate, parallel
 from diffusion_jax.data import builders
-from diffusion_jax.data.pipeline import DatasetInfo, ImageData
+from diffusion_jax.data.pipeline import ImageData
 from diffusion_jax.training import checkpoint as ckpt_lib
 from diffusion_jax.training import filtering, run_guard
 from diffusion_jax.training import metrics as metrics_lib
@@ -222,7 +222,3 @@ def sample_from_workdir(config, workdir: str) -> pathlib.Path:
   sample_config = ml_collections.ConfigDict(bundle.config.to_dict())
   sample_config.sample = config.sample  # the sampling settings asked for now
   return write_grid(bundle.task, params, sample_config, output)
-
-
-def dataset_info_from_meta(meta: dict) -> DatasetInfo:
-  return DatasetInfo(**meta["data_info"])
