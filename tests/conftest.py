@@ -6,12 +6,14 @@ import pathlib
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".cache" / "jax"
+# Through the environment, so that the subprocesses the tests start (CLI runs,
+# multi-process workers) share the compilation cache too.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
-
-_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".cache" / "jax"
-jax.config.update("jax_compilation_cache_dir", str(_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 SHARED = pathlib.Path(__file__).resolve().parent.parent.parent / "shared"
 
