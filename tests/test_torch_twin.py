@@ -1,0 +1,74 @@
+"""The PyTorch twin of the benchmarks (benchmarks/torch_unet.py) is the same
+function as our Flax UNet and hybrid loss, so `train_speed.py` compares like
+with like. Skips when torch is not installed."""
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+import torch_unet  # noqa: E402
+import train_speed  # noqa: E402
+
+from diffusion_jax import diffusion, schedules  # noqa: E402
+from diffusion_jax.models import UNet, convert  # noqa: E402
+
+
+def nchw(a):
+  return torch.from_numpy(np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2)))
+
+
+@pytest.fixture(scope="module")
+def twins():
+  """The benchmark's UNet in both frameworks with the same random weights
+  (the zero-initialised output convs perturbed so every layer matters)."""
+  torch.manual_seed(0)
+  net = torch_unet.UNet(in_channels=3, image_size=32, **train_speed.MODEL)
+  with torch.no_grad():
+    for p in net.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
+  model = UNet(**train_speed.MODEL)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                          jnp.zeros(1, jnp.int32))["params"]
+  return net, model, convert.from_torch(state_dict, shapes), state_dict
+
+
+def test_same_parameters_and_outputs(twins):
+  net, model, params, state_dict = twins
+  assert sum(p.size for p in jax.tree.leaves(params)) == sum(
+      p.numel() for p in net.parameters())
+  x = np.random.RandomState(0).randn(2, 32, 32, 3).astype(np.float32)
+  t = np.array([0, 999])
+  out = np.asarray(model.apply({"params": params}, x, t))  # [B, H, W, 6]
+  with torch.no_grad():
+    expected = net(nchw(x), torch.from_numpy(t)).numpy().transpose(0, 2, 3, 1)
+  np.testing.assert_allclose(out, expected, atol=1e-4 * np.abs(expected).max(), rtol=1e-4)
+
+
+def test_same_hybrid_loss():
+  sched = schedules.make_schedule("cosine", 1000)
+  rs = np.random.RandomState(1)
+  x0 = np.clip(rs.randn(4, 8, 8, 3), -1, 1).astype(np.float32)
+  noise = rs.randn(4, 8, 8, 3).astype(np.float32)
+  output = (0.5 * rs.randn(4, 8, 8, 6)).astype(np.float32)
+  t = np.array([0, 1, 500, 999])
+  ours = diffusion.training_losses(sched, output, x0, t, noise, parameterization="eps",
+                                   variance="learned_range")["loss"]
+  theirs = torch_unet.hybrid_loss(torch_unet.CosineSchedule(sched), nchw(output), nchw(x0),
+                                  torch.from_numpy(t), nchw(noise))
+  np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), rtol=1e-5)
+
+
+def test_analytic_flops_match_torch_flop_counter(twins):
+  """The benchmark's architectural FLOP count is what PyTorch's counter sees."""
+  from torch.utils.flop_counter import FlopCounterMode
+  net = twins[0]
+  with FlopCounterMode(display=False) as counter, torch.no_grad():
+    net(torch.zeros(1, 3, 32, 32), torch.zeros(1, dtype=torch.long))
+  assert counter.get_total_flops() == train_speed.forward_flops_per_image()
