@@ -139,3 +139,36 @@ def test_bad_image_size_and_labels_raise():
   with pytest.raises(ValueError, match="class labels y"):
     model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), jnp.zeros(2, int),
                y=jnp.zeros(2, int))
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_group_norm_value_and_gradient_match_autodiff_of_flax(offset):
+  """Our GroupNorm has a hand-written backward pass (layers.group_norm_fn):
+  its value and its gradients with respect to x, scale and bias equal
+  autodiff through `nn.GroupNorm(use_fast_variance=False)`. The offset
+  input (mean 30, std ~1) catches a one-pass E[x^2] - E[x]^2 variance."""
+  import flax.linen as nn
+
+  from diffusion_jax.models import layers
+  rs = np.random.RandomState(3)
+  batch, height, width, channels, groups = 3, 4, 5, 16, 4
+  x = jnp.asarray(rs.randn(batch, height, width, channels) + offset, jnp.float32)
+  scale = jnp.asarray(1 + 0.3 * rs.randn(channels), jnp.float32)
+  bias = jnp.asarray(0.3 * rs.randn(channels), jnp.float32)
+  probe = jnp.asarray(rs.randn(batch, height, width, channels), jnp.float32)
+
+  def ours(x, scale, bias):
+    flat = x.reshape(batch, -1, channels)
+    return layers.group_norm_fn(flat, scale, bias, groups, 1e-5).reshape(x.shape)
+
+  def reference(x, scale, bias):
+    norm = nn.GroupNorm(num_groups=groups, epsilon=1e-5, use_fast_variance=False)
+    return norm.apply({"params": {"scale": scale, "bias": bias}}, x)
+
+  np.testing.assert_allclose(ours(x, scale, bias), reference(x, scale, bias), atol=2e-5)
+  # A loss whose gradient is not a constant: sum(probe * y^2).
+  loss = lambda f: lambda *a: jnp.sum(probe * f(*a) ** 2)  # noqa: E731
+  got = jax.grad(loss(ours), argnums=(0, 1, 2))(x, scale, bias)
+  want = jax.grad(loss(reference), argnums=(0, 1, 2))(x, scale, bias)
+  for name, g, w in zip(["x", "scale", "bias"], got, want):
+    np.testing.assert_allclose(g, w, atol=1e-4 * float(jnp.abs(w).max()), err_msg=name)
