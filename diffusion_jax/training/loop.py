@@ -18,7 +18,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from diffusion_jax import generate, parallel
+from diffusion_jax import generate, parallel, platform
 from diffusion_jax.data import builders
 from diffusion_jax.data.pipeline import ImageData
 from diffusion_jax.training import checkpoint as ckpt_lib
@@ -70,7 +70,8 @@ def set_aside_old_run(config, workdir: pathlib.Path) -> None:
 def compile_step(task, mesh, shardings):
   batch = parallel.batch_sharding(mesh)
   return jax.jit(task.train_step, in_shardings=(shardings, batch),
-                 out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+                 out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0,
+                 compiler_options=platform.compiler_options())
 
 
 def ema_params_for_sampling(state, config):
