@@ -10,6 +10,8 @@ set -euo pipefail
 num_processes=$1; devices=$2; shift 2
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-$root/.venv/bin/python}"
+. "$root/launch/tcmalloc.sh"
+preload_tcmalloc
 port="${PORT:-$((20000 + RANDOM % 20000))}"
 workdir=$(printf '%s\n' "$@" | sed -n 's/^--workdir=//p' | tail -1)
 mkdir -p "${workdir:-.}"

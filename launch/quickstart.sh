@@ -35,11 +35,14 @@ ensure_env() {
   fi
 }
 
+. "$root/launch/tcmalloc.sh"
+
 cd "$root"
 case "${1:-}" in
   main)
     shift
     ensure_env
+    preload_tcmalloc
     exec "$venv/bin/python" -m diffusion_jax.main --mode=train \
       --config=configs/shapes_class_cond.py --workdir=runs/shapes "$@"
     ;;
