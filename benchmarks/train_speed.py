@@ -8,16 +8,23 @@ decay 0.01) after clipping the global gradient norm to 1.0, float32. Both
 sides sample t and the noise inside the step. The PyTorch twin
 (`torch_unet.py`) is the same function (`tests/test_torch_twin.py`). Prints
 one JSON object; `jax_over_torch_step_time` below 1 means JAX is faster.
+Each framework runs in a process of its own, alternating, `--repeats` times;
+`--allocators system,tcmalloc` repeats the comparison with tcmalloc preloaded
+into both (see benchmarks/README.md for why the allocator matters).
 
-    python benchmarks/train_speed.py [--batch 64] [--steps 8] [--repeats 3] [--skip_torch]
+    python benchmarks/train_speed.py [--batch 64] [--steps 4] [--repeats 3]
+        [--allocators system,tcmalloc] [--skip_torch]
 """
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import json
 import os
 import pathlib
+import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -32,20 +39,14 @@ import optax  # noqa: E402
 from common import environment  # noqa: E402
 from diffusion_jax import diffusion, schedules  # noqa: E402
 from diffusion_jax.models import UNet  # noqa: E402
+from diffusion_jax.platform import CPU_COMPILER_OPTIONS  # noqa: E402
 
 IMAGE = (32, 32, 3)
 MODEL = dict(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
              attention_resolutions=(16, 8), num_heads=4, out_channels=6)
 OPTIM = dict(lr=1e-4, weight_decay=0.01, clip=1.0)
 NUM_TIMESTEPS = 1000
-# XLA:CPU hands convolutions to YNNPACK by default, whose weight-gradient
-# convolutions (a 32x32 "window" over the activations) run at ~10 GFLOP/s;
-# keeping YNNPACK for matmuls and reductions only sends convolutions to
-# Eigen, 3x faster for a conv's forward + backward. Set per jit, not by
-# XLA_FLAGS (the same as XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
-# -individual_convolution).
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
-                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
 
 
 def make_optimizer() -> optax.GradientTransformation:
@@ -133,33 +134,6 @@ def summarise(times: list[float], batch: int, flops: float) -> dict:
           "gflop_per_s": round(flops / median / 1e9, 2)}
 
 
-def busy_cpu_seconds() -> float | None:
-  """CPU seconds all processes have run (user + system), from /proc/stat."""
-  try:
-    with open("/proc/stat") as f:
-      fields = [int(v) for v in f.readline().split()[1:]]
-  except OSError:
-    return None
-  user, nice, system, _, _, irq, softirq = fields[:7]
-  return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def timed_run(run_step, steps: int) -> tuple[float, float | None]:
-  """Seconds per step over `steps` consecutive steps (run_step must block),
-  and the share of the machine's cores that other processes used meanwhile
-  (None where /proc/stat is missing)."""
-  busy, own = busy_cpu_seconds(), sum(os.times()[:2])
-  start = time.perf_counter()
-  for _ in range(steps):
-    run_step()
-  seconds = time.perf_counter() - start
-  others = None
-  if busy is not None:
-    others = busy_cpu_seconds() - busy - (sum(os.times()[:2]) - own)
-    others = round(max(0.0, others) / (seconds * os.cpu_count()), 3)
-  return seconds / steps, others
-
-
 def jax_runner(batch: int, compiler_options):
   """(run_step, facts): a compiled JAX step on fixed images, and its compile
   time, parameter count and XLA's FLOP estimate."""
@@ -204,46 +178,142 @@ def torch_runner(batch: int, threads: int):
   return lambda: float(step(images)), facts
 
 
-def bench(runners: dict, steps: int, repeats: int):
-  """Times each runner: 2 warm-up steps, then `repeats` rounds that time
-  `steps` steps of each runner in turn, so that all see the same machine load.
+def time_steps(run_step, steps: int) -> dict:
+  """Two warm-up steps, then `steps` timed ones (run_step must block): the
+  seconds of each, and per step the kernel's page faults and system CPU
+  seconds of this process (memory the allocator maps afresh every step
+  shows up here), and the share of the cores other processes used."""
+  first_loss = run_step()
+  run_step()
+  before, busy, start = resource.getrusage(resource.RUSAGE_SELF), busy_cpu_seconds(), None
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    run_step()
+    times.append(time.perf_counter() - start)
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  own = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+  others = None
+  if busy is not None:
+    others = max(0.0, busy_cpu_seconds() - busy - own) / (sum(times) * os.cpu_count())
+  return {"times": times, "first_loss": first_loss,
+          "page_faults_per_step": (after.ru_minflt - before.ru_minflt) // steps,
+          "system_cpu_s_per_step": round((after.ru_stime - before.ru_stime) / steps, 3),
+          "other_processes_cpu_share": None if others is None else round(others, 3)}
 
-  Returns:
-    ({name: [seconds per step, one per round]}, {name: [others' CPU share]},
-     {name: first loss}).
-  """
-  times = {name: [] for name in runners}
-  load = {name: [] for name in runners}
-  first_loss = {name: run() for name, run in runners.items()}
-  for run in runners.values():
-    run()
-  for _ in range(repeats):
-    for name, run in runners.items():
-      seconds, others = timed_run(run, steps)
-      times[name].append(seconds)
-      load[name].append(others)
-  return times, load, first_loss
+
+def busy_cpu_seconds() -> float | None:
+  """CPU seconds all processes have run (user + system), from /proc/stat."""
+  try:
+    with open("/proc/stat") as f:
+      fields = [int(v) for v in f.readline().split()[1:]]
+  except OSError:
+    return None
+  user, nice, system, _, _, irq, softirq = fields[:7]
+  return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def run_child(framework: str, args) -> dict:
+  """One framework's timed run, in this process (`--child`)."""
+  if framework == "jax":
+    on_cpu = jax.default_backend() == "cpu" and not args.ynn_convolutions
+    run_step, facts = jax_runner(args.batch, CPU_COMPILER_OPTIONS if on_cpu else None)
+  else:
+    run_step, facts = torch_runner(args.batch, args.threads)
+  return {**facts, **time_steps(run_step, args.steps)}
+
+
+# ------------------------------------------------------------ allocators --
+
+def find_tcmalloc() -> str | None:
+  """The path of a tcmalloc shared library on this machine, if any (Debian:
+  apt install libtcmalloc-minimal4)."""
+  for name in ("tcmalloc_minimal", "tcmalloc"):
+    found = ctypes.util.find_library(name)
+    if found:
+      for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+                     "/usr/lib64", "/usr/lib", "/usr/local/lib"):
+        path = os.path.join(folder, found)
+        if os.path.exists(path):
+          return path
+      return found
+  return None
+
+
+def allocator_env(allocator: str) -> dict:
+  """The environment for child processes that use `allocator`: "system"
+  (whatever the parent has) or "tcmalloc" (preloaded)."""
+  env = dict(os.environ)
+  if allocator == "tcmalloc":
+    path = find_tcmalloc()
+    if path is None:
+      raise SystemExit("train_speed: --allocators tcmalloc, but no tcmalloc library was "
+                       "found (Debian/Ubuntu: apt install libtcmalloc-minimal4)")
+    env["LD_PRELOAD"] = path
+  return env
+
+
+def spawn(framework: str, allocator: str, args) -> dict:
+  """Runs `run_child` in a fresh process, so that neither framework's thread
+  pools (which spin after their work) nor its heap slow the other."""
+  command = [sys.executable, os.path.abspath(__file__), "--child", framework,
+             "--batch", str(args.batch), "--steps", str(args.steps),
+             "--threads", str(args.threads)] + (["--ynn_convolutions"]
+                                                if args.ynn_convolutions else [])
+  done = subprocess.run(command, env=allocator_env(allocator), capture_output=True, text=True)
+  if done.returncode:
+    raise SystemExit(f"train_speed: the {framework} run failed:\n{done.stderr[-2000:]}")
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(frameworks: list[str], allocator: str, args, flops: float) -> dict:
+  """`repeats` rounds, each running every framework once in its own process,
+  in turn, so that all see the same machine load."""
+  runs = {name: [] for name in frameworks}
+  for _ in range(args.repeats):
+    for name in frameworks:
+      runs[name].append(spawn(name, allocator, args))
+  out = {}
+  for name, results in runs.items():
+    times = [t for result in results for t in result["times"]]
+    first = results[0]
+    out[name] = {**{k: v for k, v in first.items() if k not in (
+        "times", "page_faults_per_step", "system_cpu_s_per_step",
+        "other_processes_cpu_share")},
+        **summarise(times, args.batch, flops),
+        "round_medians_s": [round(statistics.median(r["times"]), 4) for r in results],
+        "page_faults_per_step": [r["page_faults_per_step"] for r in results],
+        "system_cpu_s_per_step": [r["system_cpu_s_per_step"] for r in results],
+        "other_processes_cpu_share": [r["other_processes_cpu_share"] for r in results]}
+  if "torch" in out:
+    jax_rounds, torch_rounds = out["jax"]["round_medians_s"], out["torch"]["round_medians_s"]
+    out["jax_over_torch_step_time"] = round(
+        out["jax"]["step_s_median"] / out["torch"]["step_s_median"], 3)
+    out["jax_over_torch_each_round"] = [round(j / t, 3)
+                                        for j, t in zip(jax_rounds, torch_rounds)]
+  return out
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--steps", type=int, default=5, help="steps per timed run")
-  parser.add_argument("--repeats", type=int, default=3, help="timed runs")
+  parser.add_argument("--steps", type=int, default=4, help="timed steps per process")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="rounds; each runs every framework once, in its own process")
   parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                       help="torch threads (JAX's CPU client uses every core)")
+  parser.add_argument("--allocators", default="system",
+                      help="comma-separated: system (the default malloc) and/or tcmalloc")
   parser.add_argument("--skip_torch", action="store_true")
   parser.add_argument("--ynn_convolutions", action="store_true",
                       help="keep XLA:CPU's default (YNNPACK) convolutions")
+  parser.add_argument("--child", choices=["jax", "torch"], help=argparse.SUPPRESS)
   args = parser.parse_args()
-  on_cpu = jax.default_backend() == "cpu" and not args.ynn_convolutions
-  options = CPU_COMPILER_OPTIONS if on_cpu else None
+  if args.child:
+    print(json.dumps(run_child(args.child, args)))
+    return
   flops = 3 * forward_flops_per_image() * args.batch
-  runners, facts = {}, {}
-  runners["jax"], facts["jax"] = jax_runner(args.batch, options)
-  if not args.skip_torch:
-    runners["torch"], facts["torch"] = torch_runner(args.batch, args.threads)
-  times, load, first_loss = bench(runners, args.steps, args.repeats)
+  frameworks = ["jax"] + ([] if args.skip_torch else ["torch"])
   out = {
       "benchmark": "train_speed",
       "config": {"image": list(IMAGE), **MODEL, "num_head_channels": 32, "batch": args.batch,
@@ -251,20 +321,14 @@ def main():
                  "schedule": f"cosine T={NUM_TIMESTEPS}", "optimizer": OPTIM,
                  "dtype": "float32", "steps": args.steps, "repeats": args.repeats},
       "environment": {**environment(), "cores": len(os.sched_getaffinity(0)),
-                      "xla_flags": os.environ.get("XLA_FLAGS", "")},
+                      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                      "ld_preload": os.environ.get("LD_PRELOAD", "")},
       "flops_per_step": {"analytic": flops,
                          "method": "forward conv/dense/attention matmul FLOPs counted "
                                    "from the architecture, x3 for forward + backward"},
   }
-  for name in runners:
-    out[name] = {**facts[name], **summarise(times[name], args.batch, flops),
-                 "other_processes_cpu_share": load[name],
-                 "first_loss": round(first_loss[name], 4)}
-  if not args.skip_torch:
-    out["jax_over_torch_step_time"] = round(
-        out["jax"]["step_s_median"] / out["torch"]["step_s_median"], 3)
-    out["jax_over_torch_each_round"] = [
-        round(j / t, 3) for j, t in zip(times["jax"], times["torch"])]
+  for allocator in args.allocators.split(","):
+    out[f"allocator_{allocator}"] = compare(frameworks, allocator, args, flops)
   print(json.dumps(out, indent=2))
 
 
