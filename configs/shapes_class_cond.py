@@ -1,6 +1,6 @@
 """The main job: a class-conditional diffusion model of 16x16 `shapes`.
 
-Trains in about 15 minutes on a 2-core CPU, then writes a grid of samples
+Trains in about 8 minutes on an idle 2-core CPU (1300 steps, ~0.34 s each), then writes a grid of samples
 with one row per class (shape x color). `:quick` runs in seconds (tests);
 `:32` and `:64` are the GPU/TPU sizes.
 
