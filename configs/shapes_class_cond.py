@@ -1,7 +1,8 @@
 """The main job: a class-conditional diffusion model of 16x16 `shapes`.
 
-Trains in about 8 minutes on an idle 2-core CPU (1300 steps, ~0.34 s each), then writes a grid of samples
-with one row per class (shape x color). `:quick` runs in seconds (tests);
+Trains in about 8 minutes on an idle 2-core CPU (1300 steps, ~0.34 s
+each), then writes a grid of samples with one row per class (shape x
+color). `:quick` runs in seconds (tests);
 `:32` and `:64` are the GPU/TPU sizes.
 
     python -m diffusion_jax.main --mode=train --config=configs/shapes_class_cond.py \
