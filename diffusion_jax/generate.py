@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import guidance, sampling, schedules, validation, visualize
+from diffusion_jax import guidance, platform, sampling, schedules, validation, visualize
 
 
 def make_sample_fn(task, sample_config, batch_size: int):
@@ -35,7 +35,7 @@ def make_sample_fn(task, sample_config, batch_size: int):
                            eta=sample_config.eta, clip_denoised=sample_config.clip_denoised,
                            parameterization=task.parameterization,
                            variance=task.variance, **cond)
-  return jax.jit(sample_fn)
+  return jax.jit(sample_fn, compiler_options=platform.compiler_options())
 
 
 def class_grid_labels(num_classes: Optional[int], per_class: int,
