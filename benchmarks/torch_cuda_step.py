@@ -18,23 +18,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-import torch_unet  # noqa: E402
 import train_speed  # noqa: E402
-from diffusion_jax import schedules  # noqa: E402
 
 
 def main(batch: int = 64, steps: int = 20, repeats: int = 3):
-  torch.set_default_device("cuda")
-  torch.manual_seed(0)
-  image = train_speed.IMAGE
-  model = torch_unet.UNet(in_channels=image[2], image_size=image[0], **train_speed.MODEL)
-  sched = torch_unet.CosineSchedule(schedules.make_schedule("cosine",
-                                                            train_speed.NUM_TIMESTEPS))
-  for name, value in list(vars(sched).items()):
-    if isinstance(value, torch.Tensor):
-      setattr(sched, name, value.cuda())
-  step = torch_unet.make_torch_step(model, sched, **train_speed.OPTIM)
-  images = torch.rand(batch, image[2], image[0], image[1]) * 2 - 1
+  step, images, model = train_speed.build_torch_step(batch, "cuda")
   for _ in range(3):
     step(images)
   torch.cuda.synchronize()

@@ -18,7 +18,6 @@ into both (see benchmarks/README.md for why the allocator matters).
 from __future__ import annotations
 
 import argparse
-import ctypes.util
 import json
 import os
 import pathlib
@@ -163,16 +162,28 @@ def jax_runner(batch: int, compiler_options):
   return run_step, facts
 
 
+def build_torch_step(batch: int, device: str = "cpu"):
+  """(step, images, model): the PyTorch twin's train step on `device`, and a
+  fixed batch [B, C, H, W] there; step(images) returns the loss tensor."""
+  import torch
+  import torch_unet
+  torch.manual_seed(0)
+  with torch.device(device):
+    model = torch_unet.UNet(in_channels=IMAGE[2], image_size=IMAGE[0], **MODEL)
+    sched = torch_unet.CosineSchedule(schedules.make_schedule("cosine", NUM_TIMESTEPS))
+    for name, value in list(vars(sched).items()):
+      if isinstance(value, torch.Tensor):
+        setattr(sched, name, value.to(device))
+    step = torch_unet.make_torch_step(model, sched, **OPTIM)
+    images = torch.rand(batch, IMAGE[2], IMAGE[0], IMAGE[1]) * 2 - 1
+  return step, images, model
+
+
 def torch_runner(batch: int, threads: int):
   """(run_step, facts) for the PyTorch twin with `threads` intra-op threads."""
   import torch
-  import torch_unet
   torch.set_num_threads(threads)
-  torch.manual_seed(0)
-  model = torch_unet.UNet(in_channels=IMAGE[2], image_size=IMAGE[0], **MODEL)
-  sched = torch_unet.CosineSchedule(schedules.make_schedule("cosine", NUM_TIMESTEPS))
-  step = torch_unet.make_torch_step(model, sched, **OPTIM)
-  images = torch.rand(batch, IMAGE[2], IMAGE[0], IMAGE[1]) * 2 - 1
+  step, images, model = build_torch_step(batch)
   facts = {"params": int(sum(p.numel() for p in model.parameters())),
            "threads": torch.get_num_threads(), "torch": torch.__version__}
   return lambda: float(step(images)), facts
@@ -185,7 +196,7 @@ def time_steps(run_step, steps: int) -> dict:
   shows up here), and the share of the cores other processes used."""
   first_loss = run_step()
   run_step()
-  before, busy, start = resource.getrusage(resource.RUSAGE_SELF), busy_cpu_seconds(), None
+  before, busy = resource.getrusage(resource.RUSAGE_SELF), busy_cpu_seconds()
   times = []
   for _ in range(steps):
     start = time.perf_counter()
@@ -226,18 +237,14 @@ def run_child(framework: str, args) -> dict:
 # ------------------------------------------------------------ allocators --
 
 def find_tcmalloc() -> str | None:
-  """The path of a tcmalloc shared library on this machine, if any (Debian:
-  apt install libtcmalloc-minimal4)."""
-  for name in ("tcmalloc_minimal", "tcmalloc"):
-    found = ctypes.util.find_library(name)
-    if found:
-      for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
-                     "/usr/lib64", "/usr/lib", "/usr/local/lib"):
-        path = os.path.join(folder, found)
-        if os.path.exists(path):
-          return path
-      return found
-  return None
+  """The tcmalloc library the launchers would preload (launch/tcmalloc.sh
+  knows where to look), or None where the machine has none."""
+  script = pathlib.Path(__file__).resolve().parent.parent / "launch" / "tcmalloc.sh"
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("LD_PRELOAD", "DIFFUSION_JAX_TCMALLOC")}
+  found = subprocess.run(["bash", "-c", f'. "{script}"; preload_tcmalloc 2>/dev/null; '
+                          'echo "${LD_PRELOAD:-}"'], env=env, capture_output=True, text=True)
+  return found.stdout.strip() or None
 
 
 def allocator_env(allocator: str) -> dict:

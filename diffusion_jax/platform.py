@@ -18,8 +18,8 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
 
 
 @functools.lru_cache(maxsize=None)
-def _accepted(backend: str) -> bool:
-  """Whether this jaxlib's `backend` compiler takes CPU_COMPILER_OPTIONS."""
+def _accepted() -> bool:
+  """Whether this jaxlib's CPU compiler takes CPU_COMPILER_OPTIONS."""
   try:
     jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(
         jnp.zeros(2)).compile()
@@ -33,7 +33,6 @@ def _accepted(backend: str) -> bool:
 def compiler_options() -> Optional[dict]:
   """The XLA compiler options for compiled steps on the default backend:
   `CPU_COMPILER_OPTIONS` on the CPU (where this jaxlib accepts them), else None."""
-  backend = jax.default_backend()
-  if backend == "cpu" and _accepted(backend):
+  if jax.default_backend() == "cpu" and _accepted():
     return dict(CPU_COMPILER_OPTIONS)
   return None
