@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion_jax import generate, parallel, sampling, validation
+from diffusion_jax import generate, parallel, validation
 from diffusion_jax.data.pipeline import DatasetInfo
 from diffusion_jax.training import state as state_lib
 from diffusion_jax.training import tasks
@@ -70,17 +70,12 @@ class Bundle:
 
   def encode(self, images, labels: Optional[Sequence[int]] = None, steps: str = "50"):
     """DDIM-inverts images (uint8 or [-1, 1]) to their starting noise x_T."""
-    from diffusion_jax import schedules
     x0 = validation.check_images(images, image_size=self.info.image_size,
                                  channels=self.info.channels)
-    cond = {}
-    if self.task.num_classes:
-      cond["y"] = jnp.asarray(validation.check_labels(labels, self.task.num_classes,
-                                                      x0.shape[0]))
-    model_fn = lambda x, t, **c: self.task.apply(self.params, x, t, **c)  # noqa: E731
-    return np.asarray(sampling.ddim_encode(
-        model_fn, schedules.respace(self.schedule, steps), jnp.asarray(x0),
-        parameterization=self.task.parameterization, variance=self.task.variance, **cond))
+    labels = (validation.check_labels(labels, self.task.num_classes, x0.shape[0])
+              if self.task.num_classes else np.zeros((x0.shape[0],), np.int32))
+    fn = generate.make_encode_fn(self.task, steps)
+    return np.asarray(fn(self.params, jnp.asarray(x0), jnp.asarray(labels)))
 
 
 def _flatten_params(params) -> dict[str, np.ndarray]:

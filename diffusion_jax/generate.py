@@ -1,6 +1,7 @@
 """Sampling from a trained diffusion model: class grids, PNG and .npz outputs."""
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Optional, Sequence
 
@@ -11,31 +12,74 @@ import numpy as np
 from diffusion_jax import guidance, platform, sampling, schedules, validation, visualize
 
 
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+  """What a compiled sampler is specialised on, from a config's `sample` section."""
+  method: str
+  steps: str  # a respacing spec, e.g. "100" or "ddim50"
+  eta: float
+  guidance_scale: float
+  clip_denoised: bool
+
+  @classmethod
+  def of(cls, sample_config) -> "SampleSettings":
+    return cls(str(sample_config.method), str(sample_config.steps),
+               float(sample_config.eta), float(sample_config.guidance_scale),
+               bool(sample_config.clip_denoised))
+
+
 def make_sample_fn(task, sample_config, batch_size: int):
   """A jitted `fn(params, rng, labels [B]) -> images [B, S, S, C]` in [-1, 1].
 
   Uses `sample_config`: method, steps (a respacing spec), eta, guidance_scale
   (classifier-free, GLIDE's s; needs a model trained with a null class),
-  clip_denoised.
+  clip_denoised. The function is kept on `task` per settings and batch size,
+  so asking again (each sample grid of a run, each `Bundle.sample`) reuses
+  its compilation.
   """
-  fast = schedules.respace(task.schedule, sample_config.steps)
-  shape = (batch_size,) + tuple(task.image_shape)
-  scale = float(sample_config.guidance_scale)
-  if scale != 1.0 and task.null_label is None:
+  settings = SampleSettings.of(sample_config)
+  if settings.guidance_scale != 1.0 and task.null_label is None:
     raise ValueError("sample.guidance_scale != 1 needs a model trained with "
                      "train.label_dropout > 0 (a null class for classifier-free guidance)")
+  key = ("sample", settings, int(batch_size))
+  if key not in task.compiled:
+    task.compiled[key] = _build_sample_fn(task, settings, int(batch_size))
+  return task.compiled[key]
+
+
+def _build_sample_fn(task, settings: SampleSettings, batch_size: int):
+  fast = schedules.respace(task.schedule, settings.steps)
+  shape = (batch_size,) + tuple(task.image_shape)
 
   def sample_fn(params, rng, labels):
     def model_fn(x, t, **cond):
       return task.apply(params, x, t, **cond)
-    if scale != 1.0:
-      model_fn = guidance.classifier_free(model_fn, scale, {"y": task.null_label})
+    if settings.guidance_scale != 1.0:
+      model_fn = guidance.classifier_free(model_fn, settings.guidance_scale,
+                                          {"y": task.null_label})
     cond = {"y": labels} if task.num_classes else {}
-    return sampling.sample(model_fn, fast, shape, rng, method=sample_config.method,
-                           eta=sample_config.eta, clip_denoised=sample_config.clip_denoised,
+    return sampling.sample(model_fn, fast, shape, rng, method=settings.method,
+                           eta=settings.eta, clip_denoised=settings.clip_denoised,
                            parameterization=task.parameterization,
                            variance=task.variance, **cond)
-  return jax.jit(sample_fn, compiler_options=platform.compiler_options())
+  return platform.jit(sample_fn)
+
+
+def make_encode_fn(task, steps: str):
+  """A jitted `fn(params, x0 [B, S, S, C], labels [B]) -> x_T`: the DDIM
+  inversion over the respaced `steps`, kept on `task` like `make_sample_fn`."""
+  key = ("encode", str(steps))
+  if key not in task.compiled:
+    fast = schedules.respace(task.schedule, str(steps))
+
+    def encode_fn(params, x0, labels):
+      def model_fn(x, t, **cond):
+        return task.apply(params, x, t, **cond)
+      cond = {"y": labels} if task.num_classes else {}
+      return sampling.ddim_encode(model_fn, fast, x0, parameterization=task.parameterization,
+                                  variance=task.variance, **cond)
+    task.compiled[key] = platform.jit(encode_fn)
+  return task.compiled[key]
 
 
 def class_grid_labels(num_classes: Optional[int], per_class: int,

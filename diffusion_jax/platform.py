@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -36,3 +36,37 @@ def compiler_options() -> Optional[dict]:
   if jax.default_backend() == "cpu" and _accepted():
     return dict(CPU_COMPILER_OPTIONS)
   return None
+
+
+def jit(fun: Callable, **jit_kwargs) -> Callable:
+  """`jax.jit(fun, **jit_kwargs)` with `compiler_options()` where it is called
+  at the top level.
+
+  The options are looked up at the first call, so a module can decorate its
+  functions at import without starting a backend (which must wait for
+  `jax.distributed.initialize`). Called inside another `jax.jit` (or `grad`),
+  which JAX allows no options on, it is a plain `jax.jit`: the enclosing
+  program's options apply.
+  """
+  plain = jax.jit(fun, **jit_kwargs)
+  tuned = None
+
+  def top_level():
+    nonlocal tuned
+    if tuned is None:
+      options = compiler_options()
+      tuned = jax.jit(fun, compiler_options=options, **jit_kwargs) if options else plain
+    return tuned
+
+  @functools.wraps(fun)
+  def call(*args, **kwargs):
+    if top_level() is plain:
+      return plain(*args, **kwargs)
+    try:
+      return tuned(*args, **kwargs)
+    except ValueError as error:  # "can only be passed to top-level jax.jit"
+      if "compiler_options" not in str(error):
+        raise
+      return plain(*args, **kwargs)
+  call.lower = lambda *args, **kwargs: top_level().lower(*args, **kwargs)
+  return call

@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import diffusion
+from diffusion_jax import diffusion, platform
 from diffusion_jax.schedules import Schedule
 
 METHODS = ("ddpm", "ddim")
@@ -152,7 +152,7 @@ def _constrain(x, sharding):
   return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
-@functools.partial(jax.jit, static_argnames=(
+@functools.partial(platform.jit, static_argnames=(
     "model_fn", "shape", "method", "opts", "return_trajectory", "progress",
     "sharding"))
 def _sample(schedule, rng, eta, x_T, cond, *, model_fn, shape, method, opts,
@@ -242,7 +242,7 @@ def sample(model_fn: Callable, schedule: Schedule, shape: Sequence[int],
                  sharding=sharding)
 
 
-@functools.partial(jax.jit, static_argnames=("model_fn", "opts", "sharding"))
+@functools.partial(platform.jit, static_argnames=("model_fn", "opts", "sharding"))
 def _encode(schedule, x0, cond, *, model_fn, opts, sharding):
   def body(x, i):
     t = jnp.full((x0.shape[0],), i, jnp.int32)

@@ -219,8 +219,27 @@ def test_export_and_load(tmp_path, short_run):
   np.testing.assert_allclose(images, from_workdir.sample(labels=[0, 5], steps="3"), atol=1e-6)
   with pytest.raises(ValueError, match=r"labels \[18\] out of range"):
     from_export.sample(labels=[18])
+  _asking_again_does_not_recompile(from_export)
   with pytest.raises(ValueError, match="are 8x8 but the model takes 16x16"):
     from_export.encode(np.zeros((1, 8, 8, 3), np.uint8), labels=[0])
+
+
+def _asking_again_does_not_recompile(bundle):
+  """Sampling or encoding again with the same settings reuses the compiled
+  program (no new trace of the model); other settings compile anew."""
+  traces = []
+  apply = bundle.task.apply
+  bundle.task.apply = lambda *args, **kwargs: (traces.append(1), apply(*args, **kwargs))[1]
+  bundle.sample(labels=[1, 2], steps="3", seed=1)
+  bundle.encode(np.zeros((2, 16, 16, 3), np.uint8), labels=[0, 1], steps="3")
+  traced = len(traces)
+  assert traced > 0
+  bundle.sample(labels=[3, 4], steps="3", seed=2)
+  x_T = bundle.encode(np.full((2, 16, 16, 3), 200, np.uint8), labels=[2, 3], steps="3")
+  assert x_T.shape == (2, 16, 16, 3) and np.isfinite(x_T).all()
+  assert len(traces) == traced
+  bundle.sample(labels=[1, 2], steps="4")
+  assert len(traces) > traced
 
 
 def test_validation_messages():

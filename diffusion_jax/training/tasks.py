@@ -30,6 +30,8 @@ class Task:
   null_label: Optional[int]  # the CFG null class, when trained with one
   variance: str
   parameterization: str
+  # Compiled samplers and encoders, by settings (generate.py fills it).
+  compiled: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   def init_params(self, rng):
     x = jnp.zeros((1,) + self.image_shape, jnp.float32)
