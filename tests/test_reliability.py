@@ -4,6 +4,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,10 +22,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 QUICK = "--config=configs/shapes_class_cond.py:quick"
 
 
-def cli(workdir, *overrides, wait=True):
+def cli(workdir, *overrides, wait=True, env=None):
   cmd = [sys.executable, "-m", "diffusion_jax.main", "--mode=train", QUICK,
          f"--workdir={workdir}", *overrides]
-  env = dict(os.environ, DIFFUSION_JAX_DATA_DIR=data_dir())
+  env = dict(os.environ, DIFFUSION_JAX_DATA_DIR=data_dir(), **(env or {}))
   if wait:
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900)
@@ -92,12 +93,42 @@ def test_sigterm_saves_at_the_current_step_and_resumes(tmp_path, uninterrupted):
   proc.send_signal(signal.SIGTERM)
   output = proc.communicate(timeout=300)[0]
   assert proc.returncode == run_guard.EXIT_PREEMPTED, output[-3000:]
-  line = next(l for l in output.splitlines() if l.startswith("preempted: saved"))
-  step = int(line.split("step ")[1].split(";")[0])
+  step = preempted_step(output)
   assert 10 <= step < 120 and max(steps_on_disk(tmp_path)) == step
   result = cli(tmp_path, *RUN)
   assert result.returncode == 0, result.stderr[-3000:]
   assert_bitwise_equal(all_params(tmp_path), uninterrupted)
+
+
+def preempted_step(output):
+  line = next(l for l in output.splitlines() if l.startswith("preempted: saved"))
+  return int(line.split("step ")[1].split(";")[0])
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
+  """2 processes x 2 CPU devices: the process that gets SIGTERM tells the
+  other, both save the same step together and exit as preempted."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+  procs = [cli(tmp_path, *RUN, f"--coordinator_address=localhost:{port}",
+               "--num_processes=2", f"--process_id={i}", wait=False, env=env)
+           for i in range(2)]
+  try:
+    wait_for_checkpoint(tmp_path, procs[0])
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:  # a process left waiting on a collective must not outlive the test
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [run_guard.EXIT_PREEMPTED] * 2, \
+      "\n".join(o[-2000:] for o in outputs)
+  steps = [preempted_step(o) for o in outputs]
+  assert steps[0] == steps[1] and 10 <= steps[0] < 120, steps
+  assert max(steps_on_disk(tmp_path)) == steps[0]
+  assert all_params(tmp_path)[0] == steps[0]
 
 
 def test_save_on_eight_devices_restore_on_one_and_on_two_by_two(tmp_path):
