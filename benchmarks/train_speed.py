@@ -32,13 +32,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from common import environment  # noqa: E402
-from diffusion_jax import diffusion, schedules  # noqa: E402
+from diffusion_jax import diffusion, platform, schedules  # noqa: E402
 from diffusion_jax.models import UNet  # noqa: E402
-from diffusion_jax.platform import CPU_COMPILER_OPTIONS  # noqa: E402
 
 IMAGE = (32, 32, 3)
 MODEL = dict(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
@@ -61,7 +59,7 @@ def make_jax_step(model: UNet, sched: schedules.Schedule,
 
   batch: [B, H, W, C] images in [-1, 1]. Samples t uniformly and the noise,
   takes the mean hybrid loss, and donates params and opt_state.
-  compiler_options: XLA options for this jit (e.g. `CPU_COMPILER_OPTIONS`).
+  compiler_options: XLA options for this jit (e.g. `platform.compiler_options()`).
   """
   def loss_fn(params, x0, rng):
     t_rng, noise_rng = jax.random.split(rng)
@@ -227,8 +225,8 @@ def busy_cpu_seconds() -> float | None:
 def run_child(framework: str, args) -> dict:
   """One framework's timed run, in this process (`--child`)."""
   if framework == "jax":
-    on_cpu = jax.default_backend() == "cpu" and not args.ynn_convolutions
-    run_step, facts = jax_runner(args.batch, CPU_COMPILER_OPTIONS if on_cpu else None)
+    options = None if args.ynn_convolutions else platform.compiler_options()
+    run_step, facts = jax_runner(args.batch, options)
   else:
     run_step, facts = torch_runner(args.batch, args.threads)
   return {**facts, **time_steps(run_step, args.steps)}

@@ -5,7 +5,6 @@ import dataclasses
 import pathlib
 from typing import Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -41,10 +40,29 @@ def make_sample_fn(task, sample_config, batch_size: int):
   if settings.guidance_scale != 1.0 and task.null_label is None:
     raise ValueError("sample.guidance_scale != 1 needs a model trained with "
                      "train.label_dropout > 0 (a null class for classifier-free guidance)")
-  key = ("sample", settings, int(batch_size))
+  batch_size = int(batch_size)
+  return _kept(task, ("sample", settings, batch_size),
+               lambda: _build_sample_fn(task, settings, batch_size))
+
+
+def make_encode_fn(task, steps: str):
+  """A jitted `fn(params, x0 [B, S, S, C], labels [B]) -> x_T`: the DDIM
+  inversion over the respaced `steps`, kept on `task` like `make_sample_fn`."""
+  return _kept(task, ("encode", str(steps)), lambda: _build_encode_fn(task, str(steps)))
+
+
+def _kept(task, key, build):
+  """task.compiled[key], built on first use."""
   if key not in task.compiled:
-    task.compiled[key] = _build_sample_fn(task, settings, int(batch_size))
+    task.compiled[key] = build()
   return task.compiled[key]
+
+
+def _model_and_cond(task, params, labels):
+  """(model_fn(x, t, **cond), cond) for the task's network with `params`."""
+  def model_fn(x, t, **cond):
+    return task.apply(params, x, t, **cond)
+  return model_fn, ({"y": labels} if task.num_classes else {})
 
 
 def _build_sample_fn(task, settings: SampleSettings, batch_size: int):
@@ -52,12 +70,10 @@ def _build_sample_fn(task, settings: SampleSettings, batch_size: int):
   shape = (batch_size,) + tuple(task.image_shape)
 
   def sample_fn(params, rng, labels):
-    def model_fn(x, t, **cond):
-      return task.apply(params, x, t, **cond)
+    model_fn, cond = _model_and_cond(task, params, labels)
     if settings.guidance_scale != 1.0:
       model_fn = guidance.classifier_free(model_fn, settings.guidance_scale,
                                           {"y": task.null_label})
-    cond = {"y": labels} if task.num_classes else {}
     return sampling.sample(model_fn, fast, shape, rng, method=settings.method,
                            eta=settings.eta, clip_denoised=settings.clip_denoised,
                            parameterization=task.parameterization,
@@ -65,21 +81,14 @@ def _build_sample_fn(task, settings: SampleSettings, batch_size: int):
   return platform.jit(sample_fn)
 
 
-def make_encode_fn(task, steps: str):
-  """A jitted `fn(params, x0 [B, S, S, C], labels [B]) -> x_T`: the DDIM
-  inversion over the respaced `steps`, kept on `task` like `make_sample_fn`."""
-  key = ("encode", str(steps))
-  if key not in task.compiled:
-    fast = schedules.respace(task.schedule, str(steps))
+def _build_encode_fn(task, steps: str):
+  fast = schedules.respace(task.schedule, steps)
 
-    def encode_fn(params, x0, labels):
-      def model_fn(x, t, **cond):
-        return task.apply(params, x, t, **cond)
-      cond = {"y": labels} if task.num_classes else {}
-      return sampling.ddim_encode(model_fn, fast, x0, parameterization=task.parameterization,
-                                  variance=task.variance, **cond)
-    task.compiled[key] = platform.jit(encode_fn)
-  return task.compiled[key]
+  def encode_fn(params, x0, labels):
+    model_fn, cond = _model_and_cond(task, params, labels)
+    return sampling.ddim_encode(model_fn, fast, x0, parameterization=task.parameterization,
+                                variance=task.variance, **cond)
+  return platform.jit(encode_fn)
 
 
 def class_grid_labels(num_classes: Optional[int], per_class: int,

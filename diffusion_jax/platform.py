@@ -49,24 +49,21 @@ def jit(fun: Callable, **jit_kwargs) -> Callable:
   program's options apply.
   """
   plain = jax.jit(fun, **jit_kwargs)
-  tuned = None
 
+  @functools.cache
   def top_level():
-    nonlocal tuned
-    if tuned is None:
-      options = compiler_options()
-      tuned = jax.jit(fun, compiler_options=options, **jit_kwargs) if options else plain
-    return tuned
+    options = compiler_options()
+    return jax.jit(fun, compiler_options=options, **jit_kwargs) if options else plain
 
   @functools.wraps(fun)
   def call(*args, **kwargs):
-    if top_level() is plain:
-      return plain(*args, **kwargs)
-    try:
-      return tuned(*args, **kwargs)
-    except ValueError as error:  # "can only be passed to top-level jax.jit"
-      if "compiler_options" not in str(error):
-        raise
-      return plain(*args, **kwargs)
+    tuned = top_level()
+    if tuned is not plain:
+      try:
+        return tuned(*args, **kwargs)
+      except ValueError as error:  # "can only be passed to top-level jax.jit"
+        if "compiler_options" not in str(error):
+          raise
+    return plain(*args, **kwargs)  # the trace is shared: nothing is traced twice
   call.lower = lambda *args, **kwargs: top_level().lower(*args, **kwargs)
   return call

@@ -5,7 +5,6 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from diffusion_jax import schedules
