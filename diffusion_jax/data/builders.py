@@ -5,12 +5,17 @@ Names:
                                default config "one_object_16"
   "digits", "digits/<config>"  scikit-learn digits (`digits.Digits`),
                                embedded; default config "16"
+  "folder:PATH"                the user's images in the folder PATH
+                               (`folder.UserImageFolder`): classes from
+                               subfolders or file-name prefixes, captions
+                               from .txt files, resized to `image_size`
   anything else                a public TFDS dataset ("mnist", "cifar10",
                                "mnist:3.0.1", "celeb_a/..."), which must have
                                been prepared beforehand (it needs the network)
 
-The embedded datasets are written as array_record into the data dir on first
-use, under a file lock, and reused afterwards. Read them with
+The embedded and folder datasets are written as array_record into the data
+dir on first use, under a file lock, and reused afterwards (a folder's data
+until its files or the image size change). Read them with
 `builder.as_data_source()[split][i]`, a dict of numpy values; `metadata`
 says what the model needs (image size, channels, classes, captions).
 """
@@ -21,12 +26,12 @@ import fcntl
 import functools
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import tensorflow_datasets as tfds
 from absl import logging
 
-from diffusion_jax.data import digits, shapes
+from diffusion_jax.data import digits, folder, shapes
 
 ENV_DATA_DIR = "DIFFUSION_JAX_DATA_DIR"
 # The embedded builders and their number of classes (their labels are
@@ -34,6 +39,7 @@ ENV_DATA_DIR = "DIFFUSION_JAX_DATA_DIR"
 EMBEDDED = {"shapes": (shapes.Shapes, shapes.NUM_CLASSES),
             "digits": (digits.Digits, digits.NUM_CLASSES)}
 _FILE_FORMAT = "array_record"
+FOLDER_PREFIX = "folder:"
 
 
 def default_data_dir() -> str:
@@ -49,22 +55,29 @@ def builtin_names() -> list[str]:
           for config in cls.BUILDER_CONFIGS]
 
 
-def load_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """A prepared builder for `name`; prepares embedded datasets on first use.
+def load_builder(name: str, data_dir: str | None = None, *,
+                 image_size: int = 0) -> tfds.core.DatasetBuilder:
+  """A prepared builder for `name`; prepares embedded and folder datasets on first use.
 
   Args:
-    name: "shapes", "digits", "<one of those>/<config>", or a public TFDS
-      name (with an optional "/config" and ":version").
+    name: "shapes", "digits", "<one of those>/<config>", "folder:PATH", or a
+      public TFDS name (with an optional "/config" and ":version").
     data_dir: where the prepared data lives; default `default_data_dir()`.
+    image_size: for "folder:PATH", the side the images are cropped and
+      resized to, or 0 to keep theirs (all square, one size); ignored for
+      other names.
 
   Returns:
     A builder whose `as_data_source()` gives random access to each split.
 
   Raises:
-    ValueError: an unknown name or config, or a public dataset that is not
-      prepared in `data_dir` in a random-access format.
+    ValueError: an unknown name or config, a bad image folder (see
+      `folder.scan_folder`), or a public dataset that is not prepared in
+      `data_dir` in a random-access format.
   """
   data_dir = data_dir or default_data_dir()
+  if name.startswith(FOLDER_PREFIX):
+    return _folder_builder(name[len(FOLDER_PREFIX):], image_size, data_dir)
   dataset, _, config = name.partition("/")
   if dataset in EMBEDDED:
     return _embedded_builder(EMBEDDED[dataset][0], config or None, data_dir)
@@ -80,17 +93,44 @@ def _embedded_builder(cls: type[tfds.core.GeneratorBasedBuilder], config: str | 
     raise ValueError(f"{cls.name} has no config {config!r}; valid: {', '.join(configs)}")
   make = functools.partial(cls, data_dir=data_dir, config=config,
                            file_format=_FILE_FORMAT)
+  return _prepared_once(make, f"{cls.name}/{config}", data_dir)
+
+
+def _folder_builder(path: str, image_size: int,
+                    data_dir: str) -> tfds.core.DatasetBuilder:
+  """The folder's builder, prepared once per folder contents and image size."""
+  if not path:
+    raise ValueError("folder: needs a path, e.g. folder:/data/my_images")
+  config = folder.make_config(path, image_size)  # checks the folder
+  make = functools.partial(folder.UserImageFolder, data_dir=data_dir, config=config,
+                           file_format=_FILE_FORMAT)
+  return _prepared_once(make, f"{folder.UserImageFolder.name}/{config.name}", data_dir,
+                        check=lambda: folder.verify_images(config.scan))
+
+
+def _prepared_once(make: Callable[[], tfds.core.DatasetBuilder], label: str,
+                   data_dir: str, check: Callable[[], None] | None = None
+                   ) -> tfds.core.DatasetBuilder:
+  """`make()`, prepared in `data_dir` under a file lock unless it already is.
+
+  Args:
+    make: creates the builder.
+    label: "dataset/config", for the lock file and the logs.
+    data_dir: where the prepared data lives.
+    check: run before preparing; raises to stop it.
+  """
   builder = make()
   if builder.is_prepared():
     return builder
-  with _file_lock(data_dir, f"{cls.name}-{config}"):
+  with _file_lock(data_dir, label.replace("/", "-")):
     builder = make()  # another process may have prepared it while we waited
     if not builder.is_prepared():
-      logging.info("Preparing %s/%s in %s on first use.", cls.name, config, data_dir)
+      if check is not None:
+        check()
+      logging.info("Preparing %s in %s on first use.", label, data_dir)
       start = time.perf_counter()
       builder.download_and_prepare()
-      logging.info("Prepared %s/%s in %.1f s.", cls.name, config,
-                   time.perf_counter() - start)
+      logging.info("Prepared %s in %.1f s.", label, time.perf_counter() - start)
   return builder
 
 
@@ -166,14 +206,27 @@ def _num_classes(builder: tfds.core.DatasetBuilder) -> int | None:
   return None
 
 
-def label_names(name: str, labels, data_dir: str | None = None) -> list[str]:
-  """Human-readable names of `labels` (grid row titles), e.g. "red circle"."""
+def label_names(name: str, labels, data_dir: str | None = None,
+                image_size: int = 0) -> list[str]:
+  """Human-readable names of `labels` (grid row titles), e.g. "red circle".
+
+  Args:
+    name: the dataset, as for `load_builder`.
+    labels: class indices.
+    data_dir: where the prepared data lives; default `default_data_dir()`.
+    image_size: as for `load_builder` (only "folder:PATH" uses it).
+
+  Returns:
+    One name per label: a folder dataset's class names, a ClassLabel's
+    names, or "class <label>".
+  """
   dataset = name.partition("/")[0]
   if dataset == "shapes":
     return [shapes.label_name(int(label)) for label in labels]
   if dataset == "digits":
     return [f"digit {int(label)}" for label in labels]
-  feature = load_builder(name, data_dir).info.features.get("label")
+  features = load_builder(name, data_dir, image_size=image_size).info.features
+  feature = features["label"] if "label" in features else None  # noqa: SIM401 (no .get)
   if isinstance(feature, tfds.features.ClassLabel):
     return [feature.int2str(int(label)) for label in labels]
   return [f"class {int(label)}" for label in labels]
