@@ -27,6 +27,7 @@ def get_config(arg: str = ""):
   c.train.log_every = 25
   c.train.checkpoint_every = 500
   c.train.ema_rates = (0.995,)
+  c.sample.ema_rate = 0.995  # the weights loading (guidance, the data filter) takes
   if arg == "quick":
     config_lib.quick(c)
   elif arg:

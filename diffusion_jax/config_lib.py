@@ -53,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.parameterization = "eps"
   c.diffusion.variance = "fixed_small"  # used when model.learn_sigma is False
   c.diffusion.vlb_weight = 0.001  # lambda of the hybrid loss
+  # "uniform", or "loss_second_moment": importance-sampled timesteps by the
+  # recent loss at each t (Improved DDPM's choice for the L_vlb objective).
+  c.diffusion.timestep_sampler = "uniform"
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2e-4
@@ -73,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.ema_rates = (0.999,)
   c.train.ema_warmup = True  # decay min(rate, (1 + step) / (10 + step))
   c.train.label_dropout = 0.1  # CFG: labels replaced by the null class
+  c.train.init_from = ""  # an export or workdir whose weights a new run starts from
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1 = all devices fsdp leaves
@@ -89,7 +93,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.seed = 0
   c.sample.use_ema = True
   c.sample.ema_rate = 0.999
-  c.sample.output = ""  # "" = WORKDIR/samples/sampled_STEP
+  c.sample.output = ""  # "" = WORKDIR/samples/sampled_STEP.png (or samples_NxHxWxC.npz)
+  # --mode=sample: N > 0 writes N samples to one .npz (arr_0 uint8 images,
+  # arr_1 labels: sample.labels in turn, or random classes), drawn
+  # `batch_size` at a time over all devices; 0 writes the grid.
+  c.sample.num_samples = 0
+  c.sample.batch_size = 64
   return c
 
 
@@ -110,3 +119,71 @@ def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.sample.steps = "4"
   c.sample.per_class = 2
   return c
+
+
+# (section.field, rule, what it must be) for `check`.
+_RULES = (
+    ("data.batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.image_size", lambda v: v >= 0, ">= 0 (0: the dataset's own size)"),
+    ("data.channels", lambda v: v >= 0, ">= 0 (0: the dataset's own channels)"),
+    ("model.channels", lambda v: v >= 1, ">= 1"),
+    ("model.num_res_blocks", lambda v: v >= 1, ">= 1"),
+    ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("diffusion.num_timesteps", lambda v: v >= 2, ">= 2"),
+    ("diffusion.vlb_weight", lambda v: v >= 0, ">= 0"),
+    ("optim.lr", lambda v: v > 0, "> 0"),
+    ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("train.num_steps", lambda v: v >= 1, ">= 1"),
+    ("train.log_every", lambda v: v >= 1, ">= 1"),
+    ("train.checkpoint_every", lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    ("train.keep_checkpoints", lambda v: v >= 1, ">= 1"),
+    ("train.keep_every", lambda v: v >= 0, ">= 0"),
+    ("train.max_nonfinite_steps", lambda v: v >= 1, ">= 1"),
+    ("train.sample_every", lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    ("train.ema_rates", lambda v: all(0 < r < 1 for r in v), "rates in (0, 1)"),
+    ("train.label_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("sample.per_class", lambda v: v >= 1, ">= 1"),
+    ("sample.eta", lambda v: v >= 0, ">= 0"),
+    ("sample.num_samples", lambda v: v >= 0, ">= 0"),
+    ("sample.batch_size", lambda v: v >= 1, ">= 1"),
+)
+
+_CHOICES = {
+    "task": ("diffusion", "classifier"),
+    "model.dtype": ("float32", "bfloat16"),
+    "diffusion.schedule": ("linear", "cosine"),
+    "diffusion.parameterization": ("eps", "x0", "v"),
+    "diffusion.variance": ("fixed_small", "fixed_large", "learned_range", "learned"),
+    "diffusion.timestep_sampler": ("uniform", "loss_second_moment"),
+    "sample.method": ("ddpm", "ddim"),
+}
+
+
+def _get(config, name: str):
+  for part in name.split("."):
+    config = config[part]
+  return config
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Checks a config built on `base_config` whole, before any work starts.
+
+  What needs the data or the model (label ranges, guidance needing a null
+  class) is checked where those are known, still before training.
+
+  Raises:
+    ValueError: one line naming the first bad field and what it must be.
+  """
+  for name, choices in _CHOICES.items():
+    if _get(config, name) not in choices:
+      raise ValueError(f"{name} is {_get(config, name)!r}; choose one of {list(choices)}")
+  for name, rule, must in _RULES:
+    value = _get(config, name)
+    if not rule(value):
+      raise ValueError(f"{name} is {value!r}; it must be {must}")
+  from diffusion_jax import schedules  # the respacing spec, against T
+  schedules.space_timesteps(config.diffusion.num_timesteps, config.sample.steps)
+  rates = [f"{r:g}" for r in config.train.ema_rates]
+  if config.sample.use_ema and f"{config.sample.ema_rate:g}" not in rates:
+    raise ValueError(f"sample.ema_rate {config.sample.ema_rate:g} is not one of "
+                     f"train.ema_rates ({', '.join(rates)})")

@@ -3,11 +3,13 @@
 Modes:
   train: train the config's model in WORKDIR, resuming from its latest
     checkpoint; writes TensorBoard logs, checkpoints and sample grids.
-  sample: restore WORKDIR's latest checkpoint and write a grid of samples
-    (PNG) and the samples (.npz), as the config's `sample` section says.
-  export: write WORKDIR's latest EMA parameters and config as a portable
-    folder (safetensors + JSON; `--output`, default WORKDIR/export), which
-    `diffusion_jax.load` reads.
+  sample: load WORKDIR's model (its latest checkpoint, or an export folder)
+    and write a grid of samples (PNG + .npz), or with
+    `--config.sample.num_samples=N` N samples to one .npz in
+    guided-diffusion's layout, as the config's `sample` section says.
+  export: write WORKDIR's weights (`sample.ema_rate`) and config as a
+    portable folder (safetensors + JSON; `--output`, default WORKDIR/export),
+    which `diffusion_jax.load` reads.
   toy: sample a 2-D Gaussian mixture with its exact denoiser (no training).
 
 Exit status: 0 done, 1 failed, 2 bad input (a one-line error), 75 preempted
@@ -20,12 +22,15 @@ DIFFUSION_JAX_* environment variables, see `parallel.initialize_distributed`).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import traceback
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from diffusion_jax.training import run_guard
 
 _MODES = ("train", "sample", "export", "toy")
 
@@ -42,8 +47,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the j
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
-def fail(message: str, status: int = 2) -> None:
-  """Exits with a one-line error (status 2: bad input), no traceback."""
+def fail(message: str, status: int = run_guard.EXIT_BAD_INPUT) -> None:
+  """Exits with a one-line error (default status: bad input), no traceback."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(status)
 
@@ -56,24 +61,30 @@ def _run_toy(config, workdir):
 
 
 def _run_train(config, workdir):
+  from diffusion_jax import filtering
   from diffusion_jax.training import loop
-  state = loop.train_and_evaluate(config, workdir)
+  drop_fn = filtering.classifier_drop_fn(config.data.filter)
+  state = loop.train_and_evaluate(config, workdir, drop_fn)
   grid = f"{workdir}/samples/step_{int(state.step):06d}.png"
   print(f"trained to step {int(state.step)}; checkpoints, TensorBoard logs and sample "
         f"grids are in {workdir} (the last grid: {grid})")
 
 
 def _run_sample(config, workdir):
-  from diffusion_jax.training import loop
-  path = loop.sample_from_workdir(config, workdir)
-  print(f"wrote {path} and {path.with_name(path.name[:-4] + '.npz')}")
+  from diffusion_jax.inference import sample_mode
+  path = sample_mode.run(config, workdir)
+  what = path if path.suffix == ".npz" else f"{path} and {path.with_suffix('.npz')}"
+  print(f"wrote {what}")
 
 
 def _run_export(config, workdir):
-  del config
-  from diffusion_jax import export
-  path = export.export_model(workdir, _OUTPUT.value or f"{workdir}/export")
-  print(f"exported to {path}; load it with diffusion_jax.load({str(path)!r})")
+  from diffusion_jax.inference import loading
+  bundle = loading.load(workdir, loading.ema_choice(config.sample))
+  path = loading.export(bundle, _OUTPUT.value or f"{workdir}/export")
+  print(f"exported {bundle} to {path}; load it with diffusion_jax.load({str(path)!r})")
+
+
+_RUNS = {"toy": _run_toy, "train": _run_train, "sample": _run_sample, "export": _run_export}
 
 
 def main(argv):
@@ -85,15 +96,15 @@ def main(argv):
   if not isinstance(config, ml_collections.ConfigDict):  # config_flags' lazy error
     path = config_flags.get_config_filename(FLAGS["config"])
     fail(f"could not load the config file {path!r} (is the path right?)")
-  from diffusion_jax import parallel
-  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                  _PROCESS_ID.value)
-  logging.info("mode=%s workdir=%s\n%s", _MODE.value, _WORKDIR.value, config)
-  run = {"toy": _run_toy, "train": _run_train, "sample": _run_sample,
-         "export": _run_export}[_MODE.value]
-  from diffusion_jax.training import run_guard
   try:
-    run(config, _WORKDIR.value)
+    if _MODE.value != "toy":
+      from diffusion_jax import config_lib
+      config_lib.check(config)
+    from diffusion_jax import parallel
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                    _PROCESS_ID.value)
+    logging.info("mode=%s workdir=%s\n%s", _MODE.value, _WORKDIR.value, config)
+    _RUNS[_MODE.value](config, _WORKDIR.value)
   except run_guard.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(run_guard.EXIT_PREEMPTED)
@@ -104,6 +115,20 @@ def main(argv):
     fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
+def _unknown_field(error: Exception, argv) -> str:
+  """A sentence for config_flags' error on an override of a field that does
+  not exist (a KeyError or AttributeError whose text suggests a name)."""
+  text = str(error.args[0] if error.args else error).replace("\\'", "'")
+  suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+  quoted = re.search(r"'([^'\s]+)'", text)
+  bad = suggestion.group(2) if suggestion else (quoted.group(1) if quoted else "?")
+  override = next((a for a in argv[1:] if a.startswith("--config.") and
+                   bad in a.split("=")[0].split(".")), None)
+  where = f" in {override}" if override else ""
+  hint = f"; did you mean {suggestion.group(1)!r}?" if suggestion else ""
+  return f"the config has no field {bad!r}{where}{hint}"
+
+
 def _parse_flags(argv):
   """absl flag parsing with one-line errors for bad flags or config overrides."""
   try:
@@ -112,10 +137,12 @@ def _parse_flags(argv):
     lines = [line for line in str(e).splitlines() if line.strip()]
     # config_flags embeds the config file's traceback: keep its last line.
     fail(lines[0] if len(lines) < 2 else f"{lines[0]} {lines[-1]}")
-  except (AttributeError, KeyError, ValueError, TypeError) as e:
+  except (AttributeError, KeyError) as e:
+    fail(_unknown_field(e, argv))
+  except (ValueError, TypeError) as e:
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
     where = f" (overrides: {' '.join(overrides)})" if overrides else ""
-    fail(f"bad config{where}: {type(e).__name__}: {str(e).strip(chr(34))}")
+    fail(f"bad config{where}: {str(e).strip(chr(34))}")
 
 
 def run():

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA, FSDP = "data", "fsdp"
 BATCH_AXES = (DATA, FSDP)
@@ -76,6 +77,19 @@ def tree_shardings(mesh: Mesh, tree: Any, min_size: int = 2 ** 12) -> Any:
   return jax.tree.map(
       lambda leaf: NamedSharding(mesh, param_spec(np.shape(leaf), fsdp_size, min_size)),
       tree)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Host or single-device arrays (the same on every process) as global arrays
+  replicated over `mesh`; arrays already on `mesh` are left as they are."""
+  sharding = replicated(mesh)
+
+  def place(leaf):
+    if isinstance(leaf, jax.Array) and leaf.sharding.device_set == sharding.device_set:
+      return leaf
+    value = np.asarray(leaf)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+  return jax.tree.map(place, tree)
 
 
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -17,7 +17,7 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _accepted() -> bool:
   """Whether this jaxlib's CPU compiler takes CPU_COMPILER_OPTIONS."""
   try:
@@ -35,6 +35,20 @@ def compiler_options() -> Optional[dict]:
   `CPU_COMPILER_OPTIONS` on the CPU (where this jaxlib accepts them), else None."""
   if jax.default_backend() == "cpu" and _accepted():
     return dict(CPU_COMPILER_OPTIONS)
+  return None
+
+
+# Programs that run once (initialising a train state) are compiled without
+# LLVM's optimisations on the CPU: the quick model's init compiles in 3.3 s
+# instead of 8.8 s, and runs in milliseconds either way.
+RUN_ONCE_CPU_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def run_once_compiler_options() -> Optional[dict]:
+  """Compiler options for a program that runs once: `RUN_ONCE_CPU_OPTIONS`
+  on the CPU, else None."""
+  if jax.default_backend() == "cpu":
+    return dict(RUN_ONCE_CPU_OPTIONS)
   return None
 
 

@@ -2,8 +2,9 @@
 
 The 16-pixel configs are prepared once into .cache/test_tfds/<hash of the
 dataset sources>, so reruns reuse them and a change of the generators gets
-fresh data (the data of other hashes is deleted). The checks of pictures and captions use their own reading of the
-words (hue of a color name, cells of a position name), not the generator's.
+fresh data (the data of other hashes is deleted). The checks of pictures and
+captions use their own reading of the words (hue of a color name, cells of a
+position name), not the generator's.
 """
 import colorsys
 import logging
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import train_helpers
+import conftest
 from diffusion_jax.data import builders, digits, shapes
 
 _REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -28,7 +29,7 @@ _NUM_CHECKED = 300  # examples per check
 
 @pytest.fixture(scope="session")
 def data_dir() -> str:
-  path = pathlib.Path(train_helpers.data_dir())
+  path = pathlib.Path(conftest.data_dir())
   root = path.parent
   for stale in root.glob("[0-9a-f]" * 12):  # data of earlier versions of the sources
     if stale != path:

@@ -39,6 +39,7 @@ def reference_inputs(data):
 
 
 def load_reference(shared_dir, name):
+  """(model, its parameter shapes, the reference arrays, the state_dict, inputs)."""
   path = shared_dir / "testdata" / "openai_parity" / f"{name}.npz"
   with np.load(path) as data:
     arrays = {k: data[k] for k in data.files}
@@ -46,13 +47,12 @@ def load_reference(shared_dir, name):
   model = module_cls(**kwargs)
   x, t, cond = reference_inputs(arrays)
   shapes = jax.eval_shape(model.init, jax.random.key(0), x, t, **cond)["params"]
-  return model, shapes, arrays, (x, t, cond)
+  return model, shapes, arrays, convert.load_state_dict_npz(path), (x, t, cond)
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_MODELS))
 def test_openai_state_dict_reproduces_reference_output(shared_dir, name):
-  model, shapes, arrays, (x, t, cond) = load_reference(shared_dir, name)
-  state_dict = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+  model, shapes, arrays, state_dict, (x, t, cond) = load_reference(shared_dir, name)
   params = convert.from_torch(state_dict, shapes)
   out = np.asarray(model.apply({"params": params}, x, t, **cond))
   expected = arrays.get("output_nchw", arrays.get("output"))
@@ -66,8 +66,7 @@ def test_openai_state_dict_reproduces_reference_output(shared_dir, name):
 
 
 def test_import_names_the_mismatch(shared_dir):
-  model, shapes, arrays, _ = load_reference(shared_dir, "adm_unet")
-  state_dict = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+  model, shapes, _, state_dict, _ = load_reference(shared_dir, "adm_unet")
   broken = dict(state_dict)
   broken["input_blocks.1.0.in_layers.2.weight"] = np.zeros((16, 32, 3, 3), np.float32)
   with pytest.raises(ValueError, match=r"input_blocks.1.0.in_layers.2.weight.*\(3, 3, 32, 16\)"):
@@ -89,7 +88,8 @@ TINY = dict(model_channels=32, num_res_blocks=1, channel_mult=(1, 2),
 def tiny_unet_and_params():
   model = UNet(out_channels=6, num_classes=4, dropout=0.1, **TINY)
   x = jnp.zeros((2, 8, 8, 3))
-  params = model.init(jax.random.key(0), x, jnp.zeros(2, int), y=jnp.zeros(2, int))["params"]
+  params = jax.jit(lambda: model.init(jax.random.key(0), x, jnp.zeros(2, int),
+                                      y=jnp.zeros(2, int)))()["params"]
   return model, params
 
 
@@ -103,12 +103,14 @@ def test_output_shapes_and_extra_inputs():
       (dict(out_channels=3), dict(inpaint_image=jnp.zeros((2, 8, 8, 3)),
                                   inpaint_mask=jnp.ones((2, 8, 8, 1))), 3)]:
     model = UNet(**kwargs, **TINY)
-    out, variables = model.init_with_output(jax.random.key(0), x, t, **cond)
+    out, variables = jax.eval_shape(
+        lambda x, t, c, m=model: m.init_with_output(jax.random.key(0), x, t, **c), x, t, cond)
     assert out.shape == (2, 8, 8, out_channels) and out.dtype == jnp.float32
     in_kernel = variables["params"]["input_blocks_0_0"]["kernel"]
     assert in_kernel.shape[2] == 3 + sum(v.shape[-1] for v in cond.values() if v.ndim == 4)
   classifier = NoisyClassifier(num_classes=7, pool_head_channels=16, **TINY)
-  logits, _ = classifier.init_with_output(jax.random.key(0), x, t)
+  logits, _ = jax.eval_shape(lambda x, t: classifier.init_with_output(jax.random.key(0), x, t),
+                             x, t)
   assert logits.shape == (2, 7)
 
 
@@ -119,15 +121,16 @@ def test_dropout_remat_and_bf16(tiny_unet_and_params):
   # Perturb the zero-initialised output convs so every layer matters.
   params = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.key(3), p.shape),
                         params)
-  ref = model.apply({"params": params}, x, t, y=y)
-  again = model.apply({"params": params}, x, t, y=y)
-  np.testing.assert_array_equal(ref, again)
-  dropped = model.apply({"params": params}, x, t, y=y, train=True,
-                        rngs={"dropout": jax.random.key(4)})
-  assert not np.allclose(dropped, ref)
-  remat = model.clone(remat=True).apply({"params": params}, x, t, y=y)
-  np.testing.assert_allclose(remat, ref, atol=1e-6)
-  half = model.clone(dtype=jnp.bfloat16).apply({"params": params}, x, t, y=y)
+
+  def apply(module, train=False):
+    rngs = {"dropout": jax.random.key(4)} if train else None
+    return jax.jit(lambda p: module.apply({"params": p}, x, t, y=y, train=train,
+                                          rngs=rngs))(params)
+  ref = apply(model)
+  np.testing.assert_array_equal(ref, apply(model))
+  assert not np.allclose(apply(model, train=True), ref)
+  np.testing.assert_allclose(apply(model.clone(remat=True)), ref, atol=1e-6)
+  half = apply(model.clone(dtype=jnp.bfloat16))
   assert half.dtype == jnp.float32
   np.testing.assert_allclose(half, ref, atol=0.05 * float(jnp.abs(ref).max()))
 

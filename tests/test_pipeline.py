@@ -5,8 +5,8 @@ import logging
 import numpy as np
 import pytest
 
+from conftest import quick_config
 from diffusion_jax.data import pipeline
-from train_helpers import quick_config
 
 
 def make_data(seed=0, batch=8, process_index=0, process_count=1, **overrides):
@@ -37,7 +37,7 @@ def test_batches_are_a_function_of_seed_and_step(data):
 def test_model_ready_images_and_labels(data):
   batch = data.local_batch(0)
   assert batch["image"].shape == (8, 16, 16, 3) and batch["image"].dtype == np.float32
-  assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+  assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
   assert batch["image"].std() > 0.05
   assert batch["label"].dtype == np.int32 and batch["label"].shape == (8,)
   assert data.info.num_classes == 18 and data.info.image_size == 16

@@ -38,6 +38,24 @@ def dataset_info(data_config, builder, num_examples: int) -> DatasetInfo:
   return DatasetInfo(size, channels, meta["num_classes"], num_examples)
 
 
+def load_source(data_config, split: str = "train"):
+  """(random-access source of `split`, DatasetInfo) of `config.data`."""
+  builder = builders.load_builder(data_config.name, data_config.data_dir or None,
+                                  image_size=data_config.image_size)
+  source = builder.as_data_source(split=split)
+  return source, dataset_info(data_config, builder, len(source))
+
+
+def read_info(data_config) -> DatasetInfo:
+  """The `DatasetInfo` of `config.data` (prepares an embedded dataset on first use)."""
+  return load_source(data_config)[1]
+
+
+def default_example_fn(example) -> dict:
+  """The class label, when the data has one (the pipeline's default fields)."""
+  return {"label": np.int32(example["label"])} if "label" in example else {}
+
+
 class _Subset:
   """Random access to the chosen `indices` of a data source."""
 
@@ -101,7 +119,7 @@ def keep_by_predicate(source, predicate: Optional[Callable[[dict], bool]],
 
 def attribute_predicate(filter_config) -> Optional[Callable[[dict], bool]]:
   """Drops examples whose attribute is in a list: `drop={"label": (3,), "color": (0,)}`."""
-  rules = {k: set(int(v) for v in values) for k, values in dict(filter_config.drop).items()
+  rules = {k: {int(v) for v in values} for k, values in dict(filter_config.drop).items()
            if values}
   if not rules:
     return None
@@ -118,12 +136,23 @@ def attribute_predicate(filter_config) -> Optional[Callable[[dict], bool]]:
 
 
 class ImageData:
-  """Batches of {"image": float32 [b, S, S, C], "label": int32 [b]} for this process."""
+  """Batches of {"image": float32 [b, S, S, C], **example_fn(example)} for this process.
+
+  Args:
+    data_config: `config.data`.
+    seed: shuffling seed.
+    global_batch_size: B over all processes.
+    split: the split to read.
+    example_fn: an example's fields beyond the image, as numpy values (the
+      model spec's conditioning inputs and targets); default: the label.
+    drop_fn: flags examples to leave out (a list of examples -> bool [n]).
+    process_index, process_count: this process's place (default: JAX's).
+  """
 
   def __init__(self, data_config, *, seed: int, global_batch_size: int,
                split: str = "train",
+               example_fn: Optional[Callable[[dict], dict]] = None,
                drop_fn: Optional[Callable[[list], np.ndarray]] = None,
-               drop_fn_factory: Optional[Callable[[DatasetInfo], Callable]] = None,
                process_index: Optional[int] = None, process_count: Optional[int] = None):
     self.process_index = jax.process_index() if process_index is None else process_index
     self.process_count = jax.process_count() if process_count is None else process_count
@@ -132,11 +161,7 @@ class ImageData:
                        f"{self.process_count} processes")
     self.global_batch_size = global_batch_size
     self.local_batch_size = global_batch_size // self.process_count
-    builder = builders.load_builder(data_config.name, data_config.data_dir or None)
-    source = builder.as_data_source(split=split)
-    self.info = dataset_info(data_config, builder, len(source))
-    if drop_fn_factory is not None:
-      drop_fn = drop_fn_factory(self.info)
+    source, self.info = load_source(data_config, split)
     indices = keep_by_predicate(source, attribute_predicate(data_config.filter), drop_fn)
     self.dropped = len(source) - len(indices)
     if self.dropped:
@@ -145,15 +170,14 @@ class ImageData:
     if len(indices) == 0:
       raise ValueError("data filter dropped every example")
     size, channels = self.info.image_size, self.info.channels
+    fields = example_fn or default_example_fn
     self.dataset = (grain.MapDataset.source(_Subset(source, indices)).seed(seed)
-                    .shuffle().repeat().map(lambda e: self._prepare(e, size, channels)))
+                    .shuffle().repeat().map(lambda e: self._prepare(e, size, channels, fields)))
 
   @staticmethod
-  def _prepare(example, image_size, channels) -> dict:
-    prepared = {"image": to_model_image(example["image"], image_size, channels)}
-    if "label" in example:
-      prepared["label"] = np.int32(example["label"])
-    return prepared
+  def _prepare(example, image_size, channels, example_fn) -> dict:
+    return {"image": to_model_image(example["image"], image_size, channels),
+            **example_fn(example)}
 
   def local_batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's share of global batch number `step`."""

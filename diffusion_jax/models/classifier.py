@@ -25,7 +25,7 @@ class NoisyClassifier(UNetSpec):
     """[B, H, W, C] noisy images at original timesteps [B] -> logits [B, K]."""
     self.check_input(x)
     emb = self.time_embedding(t)
-    h, _, _ = self.encode(x, emb, train)
+    h, _ = self.encode(x, emb, train)
     h = self.middle(h, emb, train)
     h = nn.silu(layers.group_norm(h, "out_0", self.num_groups, self.dtype,
                                   self.param_dtype))

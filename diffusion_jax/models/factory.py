@@ -33,12 +33,17 @@ def label_table_size(num_classes: int, null_class: bool) -> int:
   return num_classes + (1 if null_class else 0)
 
 
-def make_unet(model_config, image_channels: int, num_classes: int | None,
-              null_class: bool) -> UNet:
-  """The denoiser; learned sigma doubles the output channels."""
+def make_unet(model_config, image_channels: int, label_table: int | None) -> UNet:
+  """The denoiser; learned sigma doubles the output channels.
+
+  Args:
+    model_config: `config.model`.
+    image_channels: C of the images.
+    label_table: rows of the class embedding (`label_table_size`), or None
+      for a model without class labels.
+  """
   out = image_channels * (2 if model_config.learn_sigma else 1)
-  table = label_table_size(num_classes, null_class) if num_classes else None
-  return UNet(out_channels=out, num_classes=table, **_common(model_config))
+  return UNet(out_channels=out, num_classes=label_table, **_common(model_config))
 
 
 def make_classifier(model_config, num_classes: int) -> NoisyClassifier:

@@ -69,10 +69,15 @@ class UNetSpec(nn.Module):
     return dense("time_embed_2")(nn.silu(dense("time_embed_0")(emb)))
 
   def encode(self, x, emb, train, encoder_out=None):
-    """The input blocks: (h, skip activations, channels of each, downsampling)."""
+    """The input blocks: (h, the skip activations the output blocks take).
+
+    `encoder_out` [B, L, E] is the text model's input (GLIDE): the text
+    transformer's output sequence, whose keys and values every attention
+    layer prepends to its own. None for models without text.
+    """
     ch = int(self.channel_mult[0] * self.model_channels)
     h = layers._conv(ch, "input_blocks_0_0", self.dtype, self.param_dtype)(x.astype(self.dtype))
-    skips, skip_channels, ds, index = [h], [ch], 1, 1
+    skips, index = [h], 1
     for level, mult in enumerate(self.channel_mult):
       for _ in range(self.num_res_blocks):
         ch = int(mult * self.model_channels)
@@ -80,7 +85,6 @@ class UNetSpec(nn.Module):
         if h.shape[1] in self.attention_resolutions:
           h = self.attention(f"input_blocks_{index}_1", ch)(h, encoder_out)
         skips.append(h)
-        skip_channels.append(ch)
         index += 1
       if level != len(self.channel_mult) - 1:
         name = f"input_blocks_{index}_0"
@@ -90,12 +94,11 @@ class UNetSpec(nn.Module):
           h = layers.Downsample(self.conv_resample, ch, self.dtype, self.param_dtype,
                                 name=name)(h)
         skips.append(h)
-        skip_channels.append(ch)
-        ds *= 2
         index += 1
-    return h, skips, skip_channels
+    return h, skips
 
   def middle(self, h, emb, train, encoder_out=None):
+    """The middle block; `encoder_out` as in `encode`."""
     ch = h.shape[-1]
     h = self.res_block("middle_block_0", ch, train)(h, emb)
     h = self.attention("middle_block_1", ch)(h, encoder_out)
@@ -137,7 +140,7 @@ class UNet(UNetSpec):
     if y is not None:
       emb = emb + nn.Embed(self.num_classes, self.time_embed_dim, dtype=self.dtype,
                            param_dtype=self.param_dtype, name="label_emb")(y)
-    h, skips, _ = self.encode(x, emb, train)
+    h, skips = self.encode(x, emb, train)
     h = self.middle(h, emb, train)
     h = self.decode(h, skips, emb, train)
     h = nn.silu(layers.group_norm(h, "out_0", self.num_groups, self.dtype,
@@ -156,6 +159,7 @@ class UNet(UNetSpec):
     return jnp.concatenate([p.astype(x.dtype) for p in parts], axis=-1)
 
   def decode(self, h, skips, emb, train, encoder_out=None):
+    """The output blocks, taking the skips in reverse; `encoder_out` as in `encode`."""
     index = 0
     for level, mult in reversed(list(enumerate(self.channel_mult))):
       for i in range(self.num_res_blocks + 1):

@@ -3,7 +3,8 @@
 A run lives in its workdir and resumes from the latest complete checkpoint
 there. It saves every `train.checkpoint_every` steps, at the end, and on
 SIGTERM (then exits with `run_guard.EXIT_PREEMPTED`); it skips steps with
-non-finite values and stops after `train.max_nonfinite_steps` in a row.
+non-finite values and stops after `train.max_nonfinite_steps` in a row. A
+new run may start from a trained model's weights (`train.init_from`).
 """
 from __future__ import annotations
 
@@ -11,29 +12,21 @@ import dataclasses
 import json
 import pathlib
 import time
+from typing import Callable, Optional
 
 import jax
-import ml_collections
 import numpy as np
 import tqdm
 from absl import logging
 
-from diffusion_jax import generate, parallel, platform
-from diffusion_jax.data import builders
-from diffusion_jax.data.pipeline import ImageData
-from diffusion_jax.training import checkpoint as ckpt_lib
-from diffusion_jax.training import filtering, run_guard
+from diffusion_jax import checkpoint as ckpt_lib
+from diffusion_jax import config_lib, parallel, platform
+from diffusion_jax.data import pipeline
+from diffusion_jax.inference import loading, outputs, sample_mode
+from diffusion_jax.inference.sampler import Sampler, SampleSettings
 from diffusion_jax.training import metrics as metrics_lib
+from diffusion_jax.training import run_guard, tasks
 from diffusion_jax.training import state as state_lib
-from diffusion_jax.training import tasks
-
-
-def load_data(config, mesh=None) -> ImageData:
-  """The training data, filtered by attributes and, if asked, by a classifier."""
-  factory = (filtering.classifier_drop_fn_factory(config.data.filter, mesh)
-             if mesh is not None else None)
-  return ImageData(config.data, seed=config.seed, global_batch_size=config.data.batch_size,
-                   drop_fn_factory=factory)
 
 
 def make_checkpointer(config, workdir) -> ckpt_lib.Checkpointer:
@@ -45,15 +38,28 @@ def config_json(config) -> dict:
   return json.loads(config.to_json())
 
 
-def restore_or_init(task, config, mesh, checkpointer, workdir="."):
+def initial_params(task: tasks.TrainTask, config, info: pipeline.DatasetInfo):
+  """The weights `train.init_from` names (checked against the model), or None."""
+  source = config.train.init_from
+  if not source:
+    return None
+  bundle = loading.load(source, kind=task.spec.kind)
+  if bundle.spec.num_classes != task.spec.num_classes:
+    raise ValueError(f"train.init_from: {source} was trained on {bundle.spec.num_classes} "
+                     f"classes but {config.data.name!r} has {info.num_classes}")
+  loading.check_params(bundle.params, task.spec, f"train.init_from {source}")
+  logging.info("starting from %s (%s)", source, bundle)
+  return bundle.params
+
+
+def restore_or_init(task: tasks.TrainTask, config, mesh, checkpointer, info, workdir="."):
   """(state, shardings, start step): the latest checkpoint's state or a new one."""
-  state, shardings = state_lib.create_train_state(
-      task.init_params, task.optimizer, config.train.ema_rates, config.seed, mesh)
   if checkpointer.latest_step() is None:
+    state, shardings = task.create_state(mesh, config.seed, initial_params(task, config, info))
     return state, shardings, 0
-  abstract = state_lib.abstract_with_shardings(jax.eval_shape(lambda s: s, state), shardings)
-  restored, saved_config, _, step = checkpointer.restore(abstract)
-  run_guard.check_same_run(saved_config, config_json(config), str(workdir))
+  run_guard.check_same_run(checkpointer.restore_json()[0], config_json(config), str(workdir))
+  abstract, shardings = task.abstract_state(mesh, config.seed)
+  restored, _, _, step = checkpointer.restore(abstract)
   logging.info("resumed from the checkpoint at step %d", step)
   return restored, shardings, step
 
@@ -67,37 +73,21 @@ def set_aside_old_run(config, workdir: pathlib.Path) -> None:
     logging.warning("resume=False: moved the earlier run's checkpoints to %s", aside)
 
 
-def compile_step(task, mesh, shardings):
+def compile_step(task: tasks.TrainTask, mesh, shardings):
   batch = parallel.batch_sharding(mesh)
   return jax.jit(task.train_step, in_shardings=(shardings, batch),
                  out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0,
                  compiler_options=platform.compiler_options())
 
 
-def ema_params_for_sampling(state, config):
-  key = state_lib.ema_key(config.sample.ema_rate)
-  if config.sample.use_ema:
-    if key not in state.ema_params:
-      raise ValueError(f"sample.ema_rate {config.sample.ema_rate} is not one of "
-                       f"train.ema_rates {tuple(config.train.ema_rates)}")
-    return state.ema_params[key]
-  return state.params
-
-
-def write_grid(task, params, config, path, writer=None, step=0):
-  """Samples one row per class (or per `sample.labels`) and writes PNG + .npz."""
-  labels = generate.class_grid_labels(task.num_classes, config.sample.per_class,
-                                      config.sample.labels or None)
-  images = generate.sample_grid(task, params, config.sample,
-                                jax.random.PRNGKey(config.sample.seed), labels)
-  titles = builders.label_names(config.data.name, labels[:, 0],
-                                config.data.data_dir or None) if task.num_classes else None
-  path = generate.write_samples(images, labels, pathlib.Path(path), titles)
-  if writer is not None:
-    from PIL import Image
-    writer.write_image(step, "samples", np.asarray(Image.open(path).convert("RGB")))
-  logging.info("wrote %s", path)
-  return path
+def check_config(config, task: tasks.TrainTask) -> Optional[SampleSettings]:
+  """What needs the data and the model, checked before any training: the
+  network builds for the data (traced, not run), and the sampling of the
+  grids (settings, labels, EMA rate). Returns the sample settings."""
+  jax.eval_shape(task.spec.init_params, jax.random.PRNGKey(0))
+  if not task.spec.samples:
+    return None
+  return sample_mode.check_sample_config(config.sample, task.spec)
 
 
 class _Progress:
@@ -120,19 +110,25 @@ class _Progress:
 class _Run:
   """The pieces of one training run, built from the config and the workdir."""
 
-  def __init__(self, config, workdir):
+  def __init__(self, config, workdir, drop_fn=None):
+    config_lib.check(config)
     self.config, self.workdir = config, pathlib.Path(workdir)
     self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     parallel.check_batch_size(config.data.batch_size, self.mesh)
-    self.data = load_data(config, self.mesh)
-    self.task = tasks.make_task(config, self.data.info)
+    info = pipeline.read_info(config.data)
+    self.task = tasks.make_task(config, info)
+    self.settings = check_config(config, self.task)
+    self.data = pipeline.ImageData(config.data, seed=config.seed,
+                                   global_batch_size=config.data.batch_size,
+                                   example_fn=self.task.spec.example_fn, drop_fn=drop_fn)
     set_aside_old_run(config, self.workdir)
     self.checkpointer = make_checkpointer(config, self.workdir)
     self.state, shardings, self.start = restore_or_init(
-        self.task, config, self.mesh, self.checkpointer, self.workdir)
+        self.task, config, self.mesh, self.checkpointer, info, self.workdir)
     self.train_step = compile_step(self.task, self.mesh, shardings)
     self.writer = metrics_lib.MetricWriter(self.workdir / "tensorboard")
-    self.meta = {"data_info": dataclasses.asdict(self.data.info), "task": self.task.kind}
+    self.meta = {"data_info": dataclasses.asdict(self.data.info), "task": self.task.spec.kind}
+    self.sampler = Sampler(self.task.spec, self.mesh) if self.settings else None
 
   def save(self, step):
     self.checkpointer.save(step, self.state, config_json(self.config), self.meta)
@@ -153,18 +149,40 @@ class _Run:
     return metrics
 
   def grid(self, step):
-    if self.task.kind == "diffusion":
-      params = ema_params_for_sampling(self.state, self.config)
-      write_grid(self.task, params, self.config,
-                 self.workdir / "samples" / f"step_{step:06d}", self.writer, step)
+    """Samples a grid from the weights `sample.ema_rate` names (PNG + .npz)."""
+    if self.sampler is None:
+      return None
+    sample = self.config.sample
+    field = loading.weights_field(self.config, loading.ema_choice(sample))
+    params = state_lib.weights(self.state, field)
+    labels = outputs.grid_labels(self.task.spec.num_classes, sample.per_class,
+                                 list(sample.labels))
+    images = outputs.sample_grid(self.sampler, params, self.settings, sample.seed, labels)
+    if jax.process_index() != 0:
+      return None
+    titles = sample_mode.row_titles(self.config.data, self.task.spec.num_classes,
+                                    labels, self.data.info.image_size)
+    path = outputs.write_grid(images, labels, self.workdir / "samples" / f"step_{step:06d}",
+                              titles)
+    from PIL import Image
+    self.writer.write_image(step, "samples", np.asarray(Image.open(path).convert("RGB")))
+    logging.info("wrote %s", path)
+    return path
 
   def close(self):
     self.checkpointer.close()
     self.writer.close()
 
 
-def train_and_evaluate(config, workdir: str):
+def train_and_evaluate(config, workdir: str,
+                       drop_fn: Optional[Callable[[list], np.ndarray]] = None):
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  Args:
+    config: the run's config (checked before any training).
+    workdir: where checkpoints, logs and sample grids go.
+    drop_fn: flags training examples to leave out (e.g.
+      `filtering.classifier_drop_fn`), or None.
 
   Returns:
     The final `TrainState`.
@@ -173,7 +191,7 @@ def train_and_evaluate(config, workdir: str):
     run_guard.Preempted: after saving, on SIGTERM.
     run_guard.NonFiniteError: after `train.max_nonfinite_steps` bad steps in a row.
   """
-  run = _Run(config, workdir)
+  run = _Run(config, workdir, drop_fn)
   train = config.train
   if run.start == 0:
     run.writer.write_hparams(metrics_lib.flatten_config(config))
@@ -209,17 +227,3 @@ def train_and_evaluate(config, workdir: str):
     progress.close()
     watcher.close()
     run.close()
-
-
-def sample_from_workdir(config, workdir: str) -> pathlib.Path:
-  """Sample mode: restores the latest checkpoint and writes a grid (PNG + .npz)."""
-  from diffusion_jax import export
-  bundle = export.load(workdir)
-  if bundle.task.kind != "diffusion":
-    raise ValueError("sample mode needs a diffusion model (this workdir holds a classifier)")
-  params = bundle.params
-  output = config.sample.output or (pathlib.Path(workdir) / "samples" /
-                                    f"sampled_{bundle.step:06d}")
-  sample_config = ml_collections.ConfigDict(bundle.config.to_dict())
-  sample_config.sample = config.sample  # the sampling settings asked for now
-  return write_grid(bundle.task, params, sample_config, output)

@@ -1,21 +1,25 @@
-"""Pure train steps `(state, batch) -> (state, metrics)`, one per task.
+"""Pure train steps `(state, batch) -> (state, metrics)`, one per model kind.
 
-`batch` holds global arrays: "image" [B, H, W, C] float32 in [-1, 1] and,
-when the data has them, "label" [B] int32. Each step draws its randomness
+`batch` holds global arrays: "image" [B, H, W, C] float32 in [-1, 1] and
+what the model spec's `example_fn` adds: its conditioning inputs under their
+model keys (a class-conditional denoiser's "y" [B] int32) and its targets
+(the classifier's "label" [B] int32). Each step draws its randomness
 from fold_in(state.rng, state.step), so a step is a pure function of the
 state and the batch (exact resume, same result on any mesh).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from diffusion_jax import diffusion
-from diffusion_jax.schedules import Schedule
+from diffusion_jax.inference.spec import ModelSpec
 from diffusion_jax.training.state import TrainState
+
+TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
 
 
 def ema_decay(rate: float, step: jax.Array, warmup: bool) -> jax.Array:
@@ -43,68 +47,65 @@ def apply_gradients(state: TrainState, grads, optimizer, ema_warmup: bool):
                        ema_params=ema)
 
 
-def drop_labels(rng, labels, prob: float, null_label: int):
-  """Replaces each label by the null class with probability `prob` (CFG)."""
-  if prob <= 0:
-    return labels
-  return jnp.where(jax.random.bernoulli(rng, prob, labels.shape), null_label, labels)
-
-
-def make_diffusion_step(apply_fn: Callable, schedule: Schedule,
-                        optimizer: optax.GradientTransformation, *,
-                        parameterization: str = "eps", variance: str = "fixed_small",
-                        vlb_weight: float = 0.001, class_conditional: bool = False,
-                        label_dropout: float = 0.0, null_label: Optional[int] = None,
+def make_diffusion_step(spec: ModelSpec, optimizer: optax.GradientTransformation, *,
+                        vlb_weight: float = 0.001, cond_dropout: float = 0.0,
+                        timestep_sampler: str = "uniform",
                         ema_warmup: bool = True) -> Callable:
   """The denoising train step (L_simple, or the hybrid loss with a learned variance).
 
   Args:
-    apply_fn: `apply_fn(params, x_t, t, rngs=..., train=True, **cond)`.
-    schedule: the training schedule.
+    spec: the denoiser: network, schedule, parameterization, variance and
+      conditioning inputs (each read from the batch under its model keys).
     optimizer: the optax transformation the state was built with.
-    parameterization, variance, vlb_weight: as in `diffusion.training_losses`.
-    class_conditional: feed `batch["label"]` to the model as `y`.
-    label_dropout: probability of replacing a label by `null_label` (CFG).
+    vlb_weight: lambda of the hybrid loss (`diffusion.training_losses`).
+    cond_dropout: probability of replacing each conditioning input by its
+      null value (classifier-free guidance).
+    timestep_sampler: "uniform", or "loss_second_moment" (importance
+      sampling by the loss history kept in `state.loss_history`).
     ema_warmup: see `ema_decay`.
   """
-  num_timesteps = schedule.num_timesteps
+  diffusion.check_choice("diffusion.timestep_sampler", timestep_sampler, TIMESTEP_SAMPLERS)
+  schedule = spec.schedule
 
-  def loss_fn(params, batch, rng):
+  def loss_fn(params, batch, rng, history):
     x0 = batch["image"]
-    t_rng, noise_rng, label_rng, dropout_rng = jax.random.split(rng, 4)
-    t, weights = diffusion.sample_timesteps(t_rng, x0.shape[0], num_timesteps)
+    t_rng, noise_rng, cond_rng, dropout_rng = jax.random.split(rng, 4)
+    t, weights = diffusion.sample_timesteps(t_rng, x0.shape[0], schedule.num_timesteps,
+                                            history)
     noise = jax.random.normal(noise_rng, x0.shape, jnp.float32)
     x_t = diffusion.q_sample(schedule, x0, t, noise)
-    cond = {}
-    if class_conditional:
-      cond["y"] = drop_labels(label_rng, batch["label"], label_dropout, null_label)
-    output = apply_fn(params, x_t, t, rngs={"dropout": dropout_rng}, train=True, **cond)
+    cond = spec.training_cond(batch, cond_rng, cond_dropout)
+    output = spec.apply(params, x_t, t, rngs={"dropout": dropout_rng}, train=True, **cond)
     losses = diffusion.training_losses(schedule, output, x0, t, noise,
-                                       parameterization=parameterization,
-                                       variance=variance, vlb_weight=vlb_weight)
+                                       parameterization=spec.parameterization,
+                                       variance=spec.variance, vlb_weight=vlb_weight)
     loss = jnp.mean(losses["loss"] * weights)
-    return loss, {"loss": loss, "mse": jnp.mean(losses["mse"]), "vb": jnp.mean(losses["vb"])}
+    metrics = {"loss": loss, "mse": jnp.mean(losses["mse"]), "vb": jnp.mean(losses["vb"])}
+    return loss, (metrics, t, losses["loss"])
 
   return _make_step(loss_fn, optimizer, ema_warmup)
 
 
-def make_classifier_step(apply_fn: Callable, schedule: Schedule,
-                         optimizer: optax.GradientTransformation, *,
+def make_classifier_step(spec: ModelSpec, optimizer: optax.GradientTransformation, *,
                          ema_warmup: bool = True) -> Callable:
   """The noisy-classifier train step: cross-entropy on q_sample(x_0, t), t uniform.
 
   The classifier must be trained with the schedule of the model it guides.
   """
-  def loss_fn(params, batch, rng):
+  schedule = spec.schedule
+
+  def loss_fn(params, batch, rng, history):
+    del history
     x0, labels = batch["image"], batch["label"]
     t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
     t, _ = diffusion.sample_timesteps(t_rng, x0.shape[0], schedule.num_timesteps)
     x_t = diffusion.q_sample(schedule, x0, t,
                              jax.random.normal(noise_rng, x0.shape, jnp.float32))
-    logits = apply_fn(params, x_t, t, rngs={"dropout": dropout_rng}, train=True)
-    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    logits = spec.apply(params, x_t, t, rngs={"dropout": dropout_rng}, train=True)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return loss, {"loss": loss, "accuracy": accuracy}
+    loss = jnp.mean(losses)
+    return loss, ({"loss": loss, "accuracy": accuracy}, t, losses)
 
   return _make_step(loss_fn, optimizer, ema_warmup)
 
@@ -119,13 +120,18 @@ def guard_nonfinite(state: TrainState, updated: TrainState, finite) -> TrainStat
 
 
 def _make_step(loss_fn, optimizer, ema_warmup):
+  """`loss_fn(params, batch, rng, history) -> (loss, (metrics, t, per-example
+  losses))` as a train step that also keeps the loss history, if any."""
   def train_step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(state.rng, state.step)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, rng)
+    (loss, (metrics, t, losses)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, rng, state.loss_history)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updated = apply_gradients(state, grads, optimizer, ema_warmup)
+    if state.loss_history is not None:
+      updated = updated.replace(loss_history=diffusion.update_loss_history(
+          state.loss_history, t, jax.lax.stop_gradient(losses)))
     new_state = guard_nonfinite(state, updated, finite)
     metrics.update(grad_norm=grad_norm, skipped=1 - finite.astype(jnp.int32),
                    nonfinite_total=new_state.nonfinite_total,

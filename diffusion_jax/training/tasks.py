@@ -1,83 +1,81 @@
-"""What a config trains: the model, its schedule and its pure train step."""
+"""What a config trains: the inference spec extended with an optimizer and a step."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable, Optional
 
-import flax.linen as nn
-import jax.numpy as jnp
+import jax
+import optax
+from jax.sharding import Mesh
 
-from diffusion_jax import schedules
+from diffusion_jax import parallel
 from diffusion_jax.data.pipeline import DatasetInfo
-from diffusion_jax.models import factory
+from diffusion_jax.inference.spec import ModelSpec, make_spec
 from diffusion_jax.training import optimizer as optim_lib
+from diffusion_jax.training import state as state_lib
 from diffusion_jax.training import steps
 
-TASKS = ("diffusion", "classifier")
 
+@dataclasses.dataclass(eq=False)
+class TrainTask:
+  """A model spec with what training adds: the optimizer and the pure step.
 
-@dataclasses.dataclass
-class Task:
-  """A model with everything needed to train and sample it."""
-  kind: str
-  model: nn.Module
-  schedule: schedules.Schedule
-  optimizer: Any
+  Attributes:
+    spec: the model (what inference needs).
+    optimizer: the optax transformation.
+    train_step: `(state, batch) -> (state, metrics)`, not yet compiled.
+    ema_rates: the EMA rates the state keeps.
+    loss_history_timesteps: T when the step samples timesteps by importance
+      (the state then keeps a loss history), else None.
+  """
+  spec: ModelSpec
+  optimizer: optax.GradientTransformation
   train_step: Callable
-  image_shape: tuple  # (S, S, C)
-  num_classes: Optional[int]
-  null_label: Optional[int]  # the CFG null class, when trained with one
-  variance: str
-  parameterization: str
-  # Compiled samplers and encoders, by settings (generate.py fills it).
-  compiled: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+  ema_rates: tuple
+  loss_history_timesteps: Optional[int] = None
 
-  def init_params(self, rng):
-    x = jnp.zeros((1,) + self.image_shape, jnp.float32)
-    t = jnp.zeros((1,), jnp.int32)
-    cond = {}
-    if self.kind == "diffusion" and self.num_classes:
-      cond["y"] = jnp.zeros((1,), jnp.int32)
-    return self.model.init(rng, x, t, **cond)["params"]
-
-  def apply(self, params, x, t, **kwargs):
-    return self.model.apply({"params": params}, x, t, **kwargs)
+  def create_state(self, mesh: Mesh, seed: int, params: Any = None):
+    """(state, shardings): a fresh state on `mesh` (from `params` if given)."""
+    if params is not None:
+      params = parallel.replicate(params, mesh)
+    return state_lib.create_train_state(
+        self.spec.init_params, self.optimizer, self.ema_rates, seed, mesh, params,
+        self.loss_history_timesteps)
 
 
-def variance_of(config) -> str:
-  return "learned_range" if config.model.learn_sigma else config.diffusion.variance
+  def abstract_state(self, mesh: Mesh, seed: int):
+    """(the state's ShapeDtypeStructs with their shardings, shardings), for
+    restoring a checkpoint without initialising anything."""
+    def init():
+      return state_lib.init_state(self.spec.init_params(jax.random.PRNGKey(seed)),
+                                  self.optimizer, self.ema_rates, jax.random.PRNGKey(seed),
+                                  self.loss_history_timesteps)
+    abstract = jax.eval_shape(init)
+    shardings = state_lib.state_shardings(mesh, abstract)
+    return state_lib.abstract_with_shardings(abstract, shardings), shardings
 
 
-def make_task(config, info: DatasetInfo) -> Task:
-  """Builds the task `config.task` describes for data described by `info`."""
-  if config.task not in TASKS:
-    raise ValueError(f"unknown task {config.task!r}; choose one of {list(TASKS)}")
-  schedule = schedules.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
-  optimizer = optim_lib.make_optimizer(config.optim)
-  shape = (info.image_size, info.image_size, info.channels)
-  apply_fn = lambda model: (lambda params, x, t, **kw: model.apply(  # noqa: E731
-      {"params": params}, x, t, **kw))
-  if config.task == "classifier":
-    if not info.num_classes:
-      raise ValueError(f"a classifier needs labelled data; {config.data.name!r} has none")
-    model = factory.make_classifier(config.model, info.num_classes)
-    step = steps.make_classifier_step(apply_fn(model), schedule, optimizer,
-                                      ema_warmup=config.train.ema_warmup)
-    return Task("classifier", model, schedule, optimizer, step, shape, info.num_classes,
-                None, "fixed_small", "eps")
-  conditional = bool(config.model.class_conditional)
-  if conditional and not info.num_classes:
-    raise ValueError(f"model.class_conditional needs labels; {config.data.name!r} has none")
-  num_classes = info.num_classes if conditional else None
-  null_class = conditional and config.train.label_dropout > 0
-  null_label = num_classes if null_class else None
-  model = factory.make_unet(config.model, info.channels, num_classes, null_class)
-  variance = variance_of(config)
+def _diffusion_step(spec: ModelSpec, optimizer, config):
+  """(step, loss-history T or None) of a denoiser."""
+  sampler = config.diffusion.timestep_sampler
   step = steps.make_diffusion_step(
-      apply_fn(model), schedule, optimizer,
-      parameterization=config.diffusion.parameterization, variance=variance,
-      vlb_weight=config.diffusion.vlb_weight, class_conditional=conditional,
-      label_dropout=config.train.label_dropout, null_label=null_label,
+      spec, optimizer, vlb_weight=config.diffusion.vlb_weight,
+      cond_dropout=config.train.label_dropout, timestep_sampler=sampler,
       ema_warmup=config.train.ema_warmup)
-  return Task("diffusion", model, schedule, optimizer, step, shape, num_classes,
-              null_label, variance, config.diffusion.parameterization)
+  return step, spec.schedule.num_timesteps if sampler == "loss_second_moment" else None
+
+
+def _classifier_step(spec: ModelSpec, optimizer, config):
+  return steps.make_classifier_step(spec, optimizer, ema_warmup=config.train.ema_warmup), None
+
+
+# Model kind -> its train step builder (the kinds are `inference.spec.KINDS`).
+STEP_BUILDERS = {"diffusion": _diffusion_step, "classifier": _classifier_step}
+
+
+def make_task(config, info: DatasetInfo) -> TrainTask:
+  """The `TrainTask` of `config.task` for data described by `info`."""
+  spec = make_spec(config, info)
+  optimizer = optim_lib.make_optimizer(config.optim)
+  step, history = STEP_BUILDERS[spec.kind](spec, optimizer, config)
+  return TrainTask(spec, optimizer, step, tuple(config.train.ema_rates), history)

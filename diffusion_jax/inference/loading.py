@@ -1,0 +1,239 @@
+"""One way to load a trained model for inference, and portable exports.
+
+`load(path)` takes an export folder or a training workdir and returns a
+`Bundle`: the config, the chosen weights, the `ModelSpec` and a `Sampler`,
+with no optimizer and no Orbax state beyond the weights. Sample mode, export,
+the data filter, `diffusion_jax.load` and the tests all load through it.
+
+Which weights: `ema_rate` picks the EMA kept at that rate; 0 picks the raw
+(non-averaged) parameters, which is what an average at rate 0 is. By default
+the config's own choice: `sample.ema_rate`, or the raw parameters when
+`sample.use_ema` is False (`ema_choice`).
+
+An export is a folder that needs neither Orbax nor pickle to read:
+  config.json         the run's config
+  meta.json           format version, step, EMA rate, kind, the data's description
+  params.safetensors  the chosen weights, named "input_blocks_1_0/in_layers_2/kernel"
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from diffusion_jax import checkpoint as ckpt_lib
+from diffusion_jax import validation
+from diffusion_jax.data.pipeline import DatasetInfo
+from diffusion_jax.inference.sampler import Sampler, SampleSettings
+from diffusion_jax.inference.spec import ModelSpec, make_spec
+
+FORMAT_VERSION = 1
+PARAMS_FILE, CONFIG_FILE, META_FILE = "params.safetensors", "config.json", "meta.json"
+RAW = 0.0  # the EMA "rate" that names the raw parameters
+
+
+def ema_key(rate: float) -> str:
+  """The name of the EMA at `rate` in a train state ("0.995")."""
+  return f"{rate:g}"
+
+
+def ema_choice(sample_config) -> float:
+  """The weights a config samples with: `sample.ema_rate`, or RAW when
+  `sample.use_ema` is False."""
+  return float(sample_config.ema_rate) if sample_config.use_ema else RAW
+
+
+def weights_field(config, ema_rate: float) -> str:
+  """The train-state field holding the weights at `ema_rate`.
+
+  Raises:
+    ValueError: the run keeps no EMA at that rate.
+  """
+  if float(ema_rate) == RAW:
+    return "params"
+  kept = [ema_key(r) for r in config.train.ema_rates]
+  if ema_key(ema_rate) not in kept:
+    raise ValueError(f"no EMA at rate {ema_rate:g}: the run keeps {', '.join(kept) or 'none'} "
+                     "(train.ema_rates; 0 takes the raw parameters)")
+  return f"ema_params/{ema_key(ema_rate)}"
+
+
+@dataclasses.dataclass(eq=False)
+class Bundle:
+  """A trained model ready to use: `bundle.sample(labels=[0, 1, 2])`.
+
+  Attributes:
+    config: the run's config.
+    params: the chosen weights.
+    spec: the model (`ModelSpec`): network, schedule, conditioning.
+    info: the description of the data it was trained on.
+    step: the training step of the weights.
+    ema_rate: the EMA rate of the weights (0: the raw parameters).
+    sampler: the `Sampler`, which keeps its compiled programs.
+  """
+  config: ml_collections.ConfigDict
+  params: Any
+  spec: ModelSpec
+  info: DatasetInfo
+  step: int
+  ema_rate: float
+  sampler: Sampler = dataclasses.field(init=False, repr=False)
+
+  def __post_init__(self):
+    self.sampler = Sampler(self.spec)
+
+  @property
+  def kind(self) -> str:
+    return self.spec.kind
+
+  @property
+  def schedule(self):
+    return self.spec.schedule
+
+  def __repr__(self) -> str:
+    return (f"Bundle({self.spec.describe()}, step {self.step}, "
+            f"{'raw weights' if self.ema_rate == RAW else f'EMA {self.ema_rate:g}'})")
+
+  def sample(self, num: Optional[int] = None, seed: int = 0, **kwargs) -> np.ndarray:
+    """Draws samples as float32 [B, S, S, C] in [-1, 1].
+
+    Args:
+      num: how many samples (default: as many as the conditioning gives, or 1).
+      seed: the PRNG seed; the samples are a pure function of it.
+      **kwargs: the model's conditioning (`labels=[...]` for a
+        class-conditional model; random classes when omitted) and sample
+        settings overriding the config's `sample` section: method, steps,
+        eta, guidance_scale, clip_denoised.
+
+    Raises:
+      ValueError: an unknown argument or setting, or a bad value.
+    """
+    settings, cond_args = self._split(kwargs)
+    settings.check(self.spec)
+    if num is None and not cond_args:
+      num = 1
+    cond = self.spec.prepare_cond(cond_args, num, np.random.default_rng(seed))
+    return self.sampler.sample(self.params, jax.random.PRNGKey(seed), cond, settings, num)
+
+  def encode(self, images, steps: str = "50", **cond_args) -> np.ndarray:
+    """DDIM-inverts images (uint8, or floats in [-1, 1]) to their starting noise x_T."""
+    if not self.spec.samples:
+      raise ValueError(f"this is {self.spec.describe()}: it encodes nothing")
+    x0 = validation.check_images(images, image_size=self.info.image_size,
+                                 channels=self.info.channels)
+    cond = self.spec.prepare_cond(cond_args, x0.shape[0])
+    return self.sampler.encode(self.params, x0, cond, steps)
+
+  def _split(self, kwargs) -> tuple[SampleSettings, dict]:
+    names = set(SampleSettings.names())
+    args = {c.arg for c in self.spec.conditioning}
+    unknown = sorted(set(kwargs) - names - args)
+    if unknown:
+      takes = ", ".join(sorted(args)) or "no conditioning"
+      raise ValueError(f"unknown argument {unknown[0]!r}: {self.spec.describe()} takes "
+                       f"{takes}, and the settings {', '.join(SampleSettings.names())}")
+    settings = SampleSettings.of(self.config.sample,
+                                 **{k: v for k, v in kwargs.items() if k in names})
+    return settings, {k: v for k, v in kwargs.items() if k in args}
+
+
+def load(path: str | pathlib.Path, ema_rate: Optional[float] = None,
+         kind: Optional[str] = None) -> Bundle:
+  """A `Bundle` from an export folder or a training workdir (its latest
+  readable checkpoint).
+
+  Args:
+    path: a folder written by `export` (or `--mode=export`), or a training
+      workdir with checkpoints.
+    ema_rate: which weights: the EMA at this rate, or 0 for the raw
+      parameters; default the config's `sample.ema_rate` (`ema_choice`).
+    kind: the model kind the caller needs ("diffusion", "classifier"); a
+      model of another kind is refused with a message saying what it is.
+  """
+  path = pathlib.Path(path)
+  if (path / PARAMS_FILE).exists():
+    bundle = _load_export(path, ema_rate)
+  elif (path / "checkpoints").is_dir():
+    bundle = _load_workdir(path, ema_rate)
+  else:
+    raise FileNotFoundError(f"{path} is neither an export ({PARAMS_FILE}, {CONFIG_FILE}) "
+                            "nor a training workdir (checkpoints/)")
+  if kind is not None and bundle.kind != kind:
+    raise ValueError(f"{path} holds {bundle.spec.describe()}, not a {kind} model")
+  return bundle
+
+
+def _load_workdir(workdir: pathlib.Path, ema_rate: Optional[float]) -> Bundle:
+  checkpointer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), read_only=True)
+  try:
+    config = ml_collections.ConfigDict(checkpointer.restore_json()[0])
+    rate = ema_choice(config.sample) if ema_rate is None else float(ema_rate)
+    field = weights_field(config, rate)
+    values, config_json, meta, _ = checkpointer.restore_fields((field, "step"))
+  finally:
+    checkpointer.close()
+  config = ml_collections.ConfigDict(config_json)
+  info = DatasetInfo(**meta["data_info"])
+  spec = make_spec(config, info)
+  params = values[field]
+  check_params(params, spec, f"{workdir} ({field})")
+  return Bundle(config, params, spec, info, int(values["step"]), rate)
+
+
+def _load_export(folder: pathlib.Path, ema_rate: Optional[float]) -> Bundle:
+  from safetensors.numpy import load_file
+  meta = json.loads((folder / META_FILE).read_text())
+  if meta.get("format_version") != FORMAT_VERSION:
+    raise ValueError(f"{folder} is export format {meta.get('format_version')}; this "
+                     f"version of diffusion_jax reads format {FORMAT_VERSION}")
+  saved_rate = float(meta.get("ema_rate") or RAW)
+  if ema_rate is not None and float(ema_rate) != saved_rate:
+    raise ValueError(f"{folder} holds the weights at EMA rate {saved_rate:g} only, "
+                     f"not {float(ema_rate):g}")
+  config = ml_collections.ConfigDict(json.loads((folder / CONFIG_FILE).read_text()))
+  info = DatasetInfo(**meta["data_info"])
+  spec = make_spec(config, info)
+  flat = load_file(str(folder / PARAMS_FILE))
+  params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v)
+                                              for k, v in flat.items()})
+  check_params(params, spec, str(folder / PARAMS_FILE))
+  return Bundle(config, params, spec, info, int(meta["step"]), saved_rate)
+
+
+def check_params(params, spec: ModelSpec, where: str) -> None:
+  """Raises ValueError naming the first parameter whose shape differs from
+  the network `spec` builds (or that one of them lacks)."""
+  expected = jax.eval_shape(spec.init_params, jax.random.PRNGKey(0))
+  got = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(params, sep="/").items()}
+  want = {k: tuple(v.shape) for k, v in
+          flax.traverse_util.flatten_dict(expected, sep="/").items()}
+  for name in sorted(set(got) | set(want)):
+    if got.get(name) != want.get(name):
+      have = f"shape {got[name]}" if name in got else "no such parameter"
+      builds = f"builds {want[name]}" if name in want else "has no such parameter"
+      raise ValueError(f"{where}: {name} has {have} but {spec.describe()} {builds}")
+
+
+def _flatten_params(params) -> dict[str, np.ndarray]:
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+  return {k: np.asarray(jax.device_get(v), np.float32) for k, v in flat.items()}
+
+
+def export(bundle: Bundle, output: str | pathlib.Path) -> pathlib.Path:
+  """Writes `bundle`'s weights, config and description as a portable folder."""
+  from safetensors.numpy import save_file
+  output = pathlib.Path(output)
+  output.mkdir(parents=True, exist_ok=True)
+  save_file(_flatten_params(bundle.params), str(output / PARAMS_FILE))
+  (output / CONFIG_FILE).write_text(bundle.config.to_json(indent=2))
+  (output / META_FILE).write_text(json.dumps({
+      "format_version": FORMAT_VERSION, "step": bundle.step, "ema_rate": bundle.ema_rate,
+      "data_info": dataclasses.asdict(bundle.info), "task": bundle.kind}, indent=2))
+  return output

@@ -1,0 +1,80 @@
+"""`--mode=sample`: a trained model's samples as files.
+
+With `sample.num_samples = N`, N samples in one `.npz` of guided-diffusion's
+layout, drawn `sample.batch_size` at a time over all devices (of all
+processes) with a progress bar; otherwise a PNG grid with one row per class
+(or per `sample.labels`) and its `.npz`. The model comes from the workdir's
+latest checkpoint (or an export folder), with the weights `sample.ema_rate`
+names (`sample.use_ema=False`: the raw parameters); the rest of the config's
+`sample` section says how to sample.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import jax
+from absl import logging
+
+from diffusion_jax import parallel
+from diffusion_jax.data import builders
+from diffusion_jax.inference import loading, outputs
+from diffusion_jax.inference.sampler import Sampler, SampleSettings
+from diffusion_jax.inference.spec import ModelSpec
+
+
+def check_sample_config(sample_config, spec: ModelSpec) -> SampleSettings:
+  """The sample settings, checked against the model before any work."""
+  settings = SampleSettings.of(sample_config)
+  settings.check(spec)
+  if sample_config.labels:
+    outputs.grid_labels(spec.num_classes, 1, list(sample_config.labels))
+  if sample_config.num_samples < 0 or sample_config.batch_size < 1:
+    raise ValueError("sample.num_samples must be >= 0 and sample.batch_size >= 1")
+  return settings
+
+
+def row_titles(data_config, num_classes, labels_grid, image_size: int):
+  """The grid's row titles: each row's class name, or None without classes."""
+  if not num_classes:
+    return None
+  return builders.label_names(data_config.name, labels_grid[:, 0],
+                              data_config.data_dir or None, image_size=image_size)
+
+
+def run(config, workdir: str, mesh=None) -> pathlib.Path:
+  """Writes the samples `config.sample` asks for; returns the file written."""
+  bundle = loading.load(workdir, loading.ema_choice(config.sample), kind="diffusion")
+  settings = check_sample_config(config.sample, bundle.spec)
+  mesh = mesh if mesh is not None else parallel.make_mesh()
+  sampler = Sampler(bundle.spec, mesh)
+  logging.info("sampling %s with %s", bundle, settings)
+  if config.sample.num_samples:
+    return _write_many(config.sample, bundle, sampler, settings, workdir)
+  return _write_grid(config.sample, bundle, sampler, settings, workdir)
+
+
+def _write_many(sample_config, bundle, sampler, settings, workdir) -> pathlib.Path:
+  num = int(sample_config.num_samples)
+  labels = outputs.many_labels(bundle.spec.num_classes, num, sample_config.seed,
+                               list(sample_config.labels))
+  images = outputs.sample_many(sampler, bundle.params, settings, num,
+                               int(sample_config.batch_size), sample_config.seed, labels)
+  shape = "x".join(str(s) for s in images.shape)
+  path = pathlib.Path(sample_config.output or
+                      pathlib.Path(workdir) / "samples" / f"samples_{shape}.npz")
+  if jax.process_index() == 0:
+    outputs.write_npz(images, labels, path.with_suffix(".npz"))
+  return path.with_suffix(".npz")
+
+
+def _write_grid(sample_config, bundle, sampler, settings, workdir) -> pathlib.Path:
+  labels = outputs.grid_labels(bundle.spec.num_classes, sample_config.per_class,
+                               list(sample_config.labels))
+  images = outputs.sample_grid(sampler, bundle.params, settings, sample_config.seed, labels)
+  path = pathlib.Path(sample_config.output or
+                      pathlib.Path(workdir) / "samples" / f"sampled_{bundle.step:06d}")
+  if jax.process_index() != 0:
+    return path.with_suffix(".png")
+  titles = row_titles(bundle.config.data, bundle.spec.num_classes, labels,
+                      bundle.info.image_size)
+  return outputs.write_grid(images, labels, path, titles)

@@ -1,0 +1,196 @@
+"""Drawing samples from a trained model: one `Sampler` per model spec.
+
+A `Sampler` owns its compiled programs, one per (settings, batch size): the
+parameters, the PRNG key and the conditioning are arguments of each program,
+never constants folded into it, so new labels, a new seed or newer EMA
+parameters reuse the compilation (as flax's gemma `Sampler` does).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from diffusion_jax import guidance, parallel, platform, sampling, schedules
+from diffusion_jax.inference import conditioning as cond_lib
+from diffusion_jax.inference.spec import ModelSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+  """What a compiled sampler is specialised on (a config's `sample` section).
+
+  Attributes:
+    method: "ddpm" (ancestral) or "ddim".
+    steps: a respacing spec of the training schedule, e.g. "100" or "ddim50".
+    eta: DDIM's noise scale (0: deterministic).
+    guidance_scale: classifier-free guidance, GLIDE's s (1: off); needs a
+      model trained with condition dropout.
+    clip_denoised: clip each predicted x_0 to [-1, 1].
+  """
+  method: str = "ddim"
+  steps: str = "50"
+  eta: float = 0.0
+  guidance_scale: float = 1.0
+  clip_denoised: bool = True
+
+  @classmethod
+  def names(cls) -> tuple:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+  @classmethod
+  def of(cls, sample_config: Mapping[str, Any], **overrides) -> SampleSettings:
+    """The settings of a config's `sample` section, with `overrides`.
+
+    Raises:
+      ValueError: an override that is not a setting (a typo like `stesp`).
+    """
+    unknown = sorted(set(overrides) - set(cls.names()))
+    if unknown:
+      raise ValueError(f"unknown sample setting {unknown[0]!r}; the settings are "
+                       f"{', '.join(cls.names())}")
+    values = {name: sample_config[name] for name in cls.names()}
+    values.update(overrides)
+    return cls(str(values["method"]), str(values["steps"]), float(values["eta"]),
+               float(values["guidance_scale"]), bool(values["clip_denoised"]))
+
+  def check(self, spec: ModelSpec) -> None:
+    """Raises a one-line ValueError for settings this model cannot sample with."""
+    if not spec.samples:
+      raise ValueError(f"this is {spec.describe()}, which judges images and draws none: "
+                       "sample from a diffusion model")
+    if self.method not in sampling.METHODS:
+      raise ValueError(f"unknown sample.method {self.method!r}; choose one of "
+                       f"{list(sampling.METHODS)}")
+    schedules.space_timesteps(spec.schedule.num_timesteps, self.steps)
+    if self.eta < 0:
+      raise ValueError(f"sample.eta must be >= 0, got {self.eta}")
+    if self.guidance_scale != 1.0 and spec.null_cond(1) is None:
+      raise ValueError("sample.guidance_scale != 1 needs a model trained with "
+                       "train.label_dropout > 0 (a null class for classifier-free guidance)")
+
+
+class Sampler:
+  """Samples and DDIM inversions of one model, compiled once per settings.
+
+  Args:
+    spec: the model.
+    mesh: when given, every batch is sharded over all of its devices (all
+      processes' devices on a multi-host mesh) and the result is gathered;
+      batches are padded to a multiple of the device count and trimmed.
+  """
+
+  def __init__(self, spec: ModelSpec, mesh: Optional[Mesh] = None):
+    self.spec, self.mesh = spec, mesh
+    self._compiled: dict = {}
+
+  def sample(self, params, rng: jax.Array, cond: Mapping[str, np.ndarray],
+             settings: SampleSettings, batch_size: Optional[int] = None) -> np.ndarray:
+    """Images float32 [B, S, S, C] in [-1, 1].
+
+    Args:
+      params: the network's parameters.
+      rng: a PRNG key; the samples are a pure function of it.
+      cond: prepared conditioning (`spec.prepare_cond`), [B, ...] each.
+      settings: how to sample (checked here).
+      batch_size: B when `cond` is empty (an unconditional model).
+    """
+    settings.check(self.spec)
+    batch = _batch_size(cond, batch_size)
+    padded = self._padded(batch)
+    fn = self._program(("sample", settings, padded), lambda: self._build_sample(settings, padded))
+    images = fn(self._placed(params), _raw_key(rng), _pad(cond, padded))
+    return np.asarray(images)[:batch]
+
+  def encode(self, params, x0: np.ndarray, cond: Mapping[str, np.ndarray],
+             steps: str = "50") -> np.ndarray:
+    """x_T [B, S, S, C]: the DDIM ODE run forward from images x0 in [-1, 1]."""
+    schedules.space_timesteps(self.spec.schedule.num_timesteps, steps)
+    batch = x0.shape[0]
+    padded = self._padded(batch)
+    fn = self._program(("encode", str(steps), padded), lambda: self._build_encode(str(steps)))
+    return np.asarray(fn(self._placed(params), _pad({"x": x0}, padded)["x"],
+                         _pad(cond, padded)))[:batch]
+
+  def _program(self, key, build):
+    if key not in self._compiled:
+      self._compiled[key] = build()
+    return self._compiled[key]
+
+  def _padded(self, batch: int) -> int:
+    devices = 1 if self.mesh is None else self.mesh.devices.size
+    return -(-batch // devices) * devices
+
+  def _placed(self, params):
+    return params if self.mesh is None else parallel.replicate(params, self.mesh)
+
+  def _jit(self, fn):
+    if self.mesh is None:
+      return platform.jit(fn)
+    return platform.jit(fn, out_shardings=parallel.replicated(self.mesh))
+
+  def _model_fn(self, params):
+    def model_fn(x, t, **cond):
+      return self.spec.apply(params, x, t, **cond)
+    return model_fn
+
+  def _batch_sharding(self):
+    return None if self.mesh is None else parallel.batch_sharding(self.mesh)
+
+  def _build_sample(self, settings: SampleSettings, batch: int):
+    spec = self.spec
+    fast = schedules.respace(spec.schedule, settings.steps)
+    shape = (batch,) + tuple(spec.image_shape)
+    null = spec.null_cond(1) if settings.guidance_scale != 1.0 else None
+
+    def sample_fn(params, rng, cond):
+      model_fn = self._model_fn(params)
+      if null is not None:
+        model_fn = guidance.classifier_free(model_fn, settings.guidance_scale, null)
+      return sampling.sample(model_fn, fast, shape, rng, method=settings.method,
+                             eta=settings.eta, clip_denoised=settings.clip_denoised,
+                             parameterization=spec.parameterization,
+                             variance=spec.variance, sharding=self._batch_sharding(), **cond)
+    return self._jit(sample_fn)
+
+  def _build_encode(self, steps: str):
+    spec = self.spec
+    fast = schedules.respace(spec.schedule, steps)
+
+    def encode_fn(params, x0, cond):
+      return sampling.ddim_encode(self._model_fn(params), fast, x0,
+                                  parameterization=spec.parameterization,
+                                  variance=spec.variance, sharding=self._batch_sharding(),
+                                  **cond)
+    return self._jit(encode_fn)
+
+
+def _batch_size(cond: Mapping[str, np.ndarray], batch_size: Optional[int]) -> int:
+  from_cond = cond_lib.batch_size_of(cond)
+  if from_cond is not None and batch_size is not None and from_cond != batch_size:
+    raise ValueError(f"the conditioning is for {from_cond} samples but batch_size is "
+                     f"{batch_size}")
+  if from_cond is None and batch_size is None:
+    raise ValueError("the batch size is unknown (no conditioning and no batch_size)")
+  return int(batch_size if from_cond is None else from_cond)
+
+
+def _raw_key(rng: jax.Array) -> np.ndarray:
+  """A PRNG key as host uint32 data (the same on every process)."""
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)
+  return np.asarray(rng)
+
+
+def _pad(arrays: Mapping[str, np.ndarray], size: int) -> dict:
+  """Each array padded along the batch by repeating its last row."""
+  padded = {}
+  for key, value in arrays.items():
+    value = np.asarray(value)
+    extra = size - value.shape[0]
+    padded[key] = (value if extra == 0 else
+                   np.concatenate([value, np.repeat(value[-1:], extra, axis=0)]))
+  return padded

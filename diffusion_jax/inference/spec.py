@@ -1,0 +1,183 @@
+"""The inference spec: what a trained model is, without how it was trained.
+
+`make_spec(config, info)` builds a `ModelSpec` (network, schedule,
+parameterization, variance, conditioning inputs) for the model kind
+`config.task` names, from the config and the data's `DatasetInfo`. Training
+extends it with an optimizer and a train step (`training/tasks.py`);
+sampling, loading and the CLI need only this.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax import schedules
+from diffusion_jax.data.pipeline import DatasetInfo
+from diffusion_jax.inference import conditioning as cond_lib
+from diffusion_jax.models import factory
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelSpec:
+  """A model kind's network, schedule and conditioning declaration.
+
+  Attributes:
+    kind: "diffusion" (a denoiser, sampled) or "classifier" (a noisy-image
+      classifier, used for guidance and data filtering).
+    model: the Flax module.
+    schedule: the training (unrespaced) noise schedule.
+    image_shape: (S, S, C) of the images the model takes.
+    conditioning: the model's conditioning inputs (`conditioning.py`).
+    targets: what a training batch carries besides the image and the
+      conditioning (the classifier's label).
+    parameterization: what the denoiser predicts ("eps", "x0", "v").
+    variance: "fixed_small", "fixed_large", "learned_range" or "learned".
+    num_classes: the classes of the data it was trained on, or None.
+  """
+  kind: str
+  model: nn.Module
+  schedule: schedules.Schedule
+  image_shape: tuple
+  conditioning: tuple = ()
+  targets: tuple = ()
+  parameterization: str = "eps"
+  variance: str = "fixed_small"
+  num_classes: Optional[int] = None
+
+  @property
+  def samples(self) -> bool:
+    """Whether this kind draws images (a denoiser) rather than judging them."""
+    return self.kind == "diffusion"
+
+  def describe(self) -> str:
+    size = "x".join(str(s) for s in self.image_shape[:2])
+    classes = f" of {self.num_classes} classes" if self.num_classes else ""
+    what = {"diffusion": "diffusion model", "classifier": "noisy classifier"}[self.kind]
+    return f"a {size} {what}{classes}"
+
+  def init_params(self, rng: jax.Array) -> Any:
+    x = jnp.zeros((1,) + tuple(self.image_shape), jnp.float32)
+    t = jnp.zeros((1,), jnp.int32)
+    return self.model.init(rng, x, t, **self.placeholder_cond(1))["params"]
+
+  def apply(self, params, x, t, **kwargs):
+    """The network: [B, S, S, C] x_t at original timesteps t [B] -> output."""
+    return self.model.apply({"params": params}, x, t, **kwargs)
+
+  # --- conditioning, as each input declares it ---
+
+  def placeholder_cond(self, batch_size: int) -> dict:
+    return _merged(c.placeholder(batch_size) for c in self.conditioning)
+
+  def example_fn(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A dataset example's model inputs and targets beyond the image."""
+    return _merged(c.from_example(example) for c in self.conditioning + self.targets)
+
+  def null_cond(self, batch_size: int) -> Optional[dict]:
+    """The null conditioning for classifier-free guidance, or None when an
+    input has no null value (the model was trained without dropout)."""
+    nulls = [c.null(batch_size) for c in self.conditioning]
+    if not nulls or any(n is None for n in nulls):
+      return None
+    return _merged(nulls)
+
+  def training_cond(self, batch: Mapping[str, jax.Array], rng: jax.Array,
+                    dropout: float) -> dict:
+    """The model's conditioning of a train batch, each input dropped to its
+    null value with probability `dropout` (traced)."""
+    rngs = jax.random.split(rng, max(len(self.conditioning), 1))
+    return _merged(c.drop(r, {k: batch[k] for k in c.keys}, dropout)
+                   for c, r in zip(self.conditioning, rngs))
+
+  def prepare_cond(self, given: Mapping[str, Any], batch_size: Optional[int] = None,
+                   rng: Optional[np.random.Generator] = None) -> dict[str, np.ndarray]:
+    """Validated model arrays from what a user passes (`labels=[...]`).
+
+    Args:
+      given: argument name -> value (None values are ignored).
+      batch_size: the batch, if known; else taken from the arguments.
+      rng: draws the inputs not given (`default`); without it they are required.
+
+    Raises:
+      ValueError: an argument this kind does not take, a missing one, or a
+        bad value.
+    """
+    given = {k: v for k, v in given.items() if v is not None}
+    args = {c.arg: c for c in self.conditioning}
+    unknown = sorted(set(given) - set(args))
+    if unknown:
+      takes = f"takes {', '.join(sorted(args))}" if args else "takes no conditioning"
+      raise ValueError(f"{self.describe()} {takes}; got {', '.join(unknown)}")
+    prepared = {}
+    for arg, inp in args.items():
+      if arg in given:
+        prepared.update(inp.prepare(given[arg], batch_size))
+    batch_size = batch_size or cond_lib.batch_size_of(prepared)
+    for arg, inp in args.items():
+      if arg not in given:
+        if rng is None or batch_size is None:
+          raise ValueError(f"{self.describe()} needs {arg}")
+        prepared.update(inp.default(batch_size, rng))
+    return prepared
+
+
+def _merged(parts) -> dict:
+  merged = {}
+  for part in parts:
+    merged.update(part)
+  return merged
+
+
+def variance_of(config) -> str:
+  return "learned_range" if config.model.learn_sigma else config.diffusion.variance
+
+
+def _schedule(config) -> schedules.Schedule:
+  return schedules.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+
+
+def _image_shape(info: DatasetInfo) -> tuple:
+  return (info.image_size, info.image_size, info.channels)
+
+
+def _diffusion_spec(config, info: DatasetInfo) -> ModelSpec:
+  inputs = []
+  num_classes = None
+  if config.model.class_conditional:
+    if not info.num_classes:
+      raise ValueError(f"model.class_conditional needs labels; {config.data.name!r} has none")
+    num_classes = info.num_classes
+    null_label = num_classes if config.train.label_dropout > 0 else None
+    inputs.append(cond_lib.ClassLabel(num_classes, null_label))
+  table = (factory.label_table_size(num_classes, inputs[0].null_label is not None)
+           if num_classes else None)
+  model = factory.make_unet(config.model, info.channels, table)
+  return ModelSpec("diffusion", model, _schedule(config), _image_shape(info), tuple(inputs),
+                   parameterization=config.diffusion.parameterization,
+                   variance=variance_of(config), num_classes=num_classes)
+
+
+def _classifier_spec(config, info: DatasetInfo) -> ModelSpec:
+  if not info.num_classes:
+    raise ValueError(f"a classifier needs labelled data; {config.data.name!r} has none")
+  model = factory.make_classifier(config.model, info.num_classes)
+  return ModelSpec("classifier", model, _schedule(config), _image_shape(info),
+                   targets=(cond_lib.LabelTarget(info.num_classes),),
+                   num_classes=info.num_classes)
+
+
+# Model kinds: config.task -> builder of its spec.
+KINDS: dict[str, Callable[[Any, DatasetInfo], ModelSpec]] = {
+    "diffusion": _diffusion_spec, "classifier": _classifier_spec}
+
+
+def make_spec(config, info: DatasetInfo) -> ModelSpec:
+  """The `ModelSpec` of `config.task` for data described by `info`."""
+  if config.task not in KINDS:
+    raise ValueError(f"unknown task {config.task!r}; choose one of {sorted(KINDS)}")
+  return KINDS[config.task](config, info)
