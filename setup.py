@@ -35,7 +35,8 @@ setup(
         "safetensors>=0.4",  # exported models
     ],
     extras_require={
-        "test": ["pytest>=8", "scipy>=1.11"],
+        # ruff: the linter CI runs (ruff.toml); pinned, as its rules move.
+        "test": ["pytest>=8", "scipy>=1.11", "ruff>=0.17,<0.18"],
         "notebooks": ["jupyter", "nbclient>=0.10", "ipykernel"],
         # The PyTorch twin of the training benchmark; 2.13.0 is a CPU build.
         "bench": ["torch>=2.5,<=2.13.0"],

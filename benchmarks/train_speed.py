@@ -164,6 +164,7 @@ def build_torch_step(batch: int, device: str = "cpu"):
   """(step, images, model): the PyTorch twin's train step on `device`, and a
   fixed batch [B, C, H, W] there; step(images) returns the loss tensor."""
   import torch
+
   import torch_unet
   torch.manual_seed(0)
   with torch.device(device):

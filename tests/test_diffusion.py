@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import reference_betas
 from scipy import integrate, stats
 
 from diffusion_jax import diffusion, schedules
-from reference import reference_betas
 
 T = 1000
 SCHED = schedules.make_schedule("cosine", T)

@@ -3,9 +3,9 @@ import math
 
 import numpy as np
 import pytest
+from reference import reference_betas, reference_coefficients
 
 from diffusion_jax import diffusion, schedules
-from reference import reference_betas, reference_coefficients
 
 T = 1000
 

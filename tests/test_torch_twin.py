@@ -14,7 +14,6 @@ torch = pytest.importorskip("torch")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
 import torch_unet  # noqa: E402
 import train_speed  # noqa: E402
-
 from diffusion_jax import diffusion, schedules  # noqa: E402
 from diffusion_jax.models import UNet, convert  # noqa: E402
 
