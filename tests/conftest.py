@@ -38,6 +38,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+QUICK = "--config=configs/shapes_class_cond.py:quick"  # the CLI's quick config
 # The overrides of the shared quick run: two EMA rates without warm-up, so
 # that the weights each one names differ after a few steps.
 TRAINED_RUN = {"train.ema_rates": (0.995, 0.9), "train.ema_warmup": False}
@@ -63,6 +64,12 @@ def quick_config(name: str = "shapes_class_cond", **overrides):
       node = node[section]
     setattr(node, field, value)
   return config
+
+
+def one_device():
+  """A mesh of the first device only."""
+  from diffusion_jax import parallel
+  return parallel.make_mesh(devices=jax.devices()[:1])
 
 
 def free_port() -> int:

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 
 import diffusion_jax
-from conftest import TRAINED_RUN, error_line, flat_arrays, quick_config, run_cli
+from conftest import QUICK, TRAINED_RUN, error_line, flat_arrays, quick_config, run_cli
 from diffusion_jax import checkpoint as ckpt_lib
 from diffusion_jax.inference import loading, sample_mode
 from diffusion_jax.inference.spec import ModelSpec
 
-QUICK = "--config=configs/shapes_class_cond.py:quick"
 TRAINED_FLAGS = ("--config.train.ema_rates=0.995,0.9", "--config.train.ema_warmup=False")
 
 

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import (
+  QUICK,
   TRAINED_RUN,
   error_line,
   flat_arrays,
   free_port,
+  one_device,
   quick_config,
   run_cli,
   run_steps,
@@ -22,8 +24,6 @@ from diffusion_jax import checkpoint as ckpt_lib
 from diffusion_jax import parallel, validation
 from diffusion_jax.data import pipeline
 from diffusion_jax.training import loop, run_guard, tasks
-
-QUICK = "--config=configs/shapes_class_cond.py:quick"
 
 
 def cli(workdir, *overrides, wait=True, devices=1, env=None):
@@ -131,7 +131,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
 
 def test_nan_batch_is_skipped_and_counted():
   config = quick_config()
-  mesh = parallel.make_mesh(devices=jax.devices()[:1])
+  mesh = one_device()
   task = tasks.make_task(config, pipeline.read_info(config.data))
   data = pipeline.ImageData(config.data, seed=0, global_batch_size=8,
                             example_fn=task.spec.example_fn)
@@ -240,7 +240,7 @@ def test_keep_last_n_plus_every_k_and_temporary_folders_ignored(tmp_path):
 
 def test_bf16_compute_keeps_float32_state():
   config = quick_config(**{"model.dtype": "bfloat16"})
-  state, losses = run_steps(config, parallel.make_mesh(devices=jax.devices()[:1]), 2)
+  state, losses = run_steps(config, one_device(), 2)
   assert np.all(np.isfinite(losses))
   dtypes = {leaf.dtype for leaf in jax.tree.leaves(
       (state.params, state.opt_state, state.ema_params)) if leaf.ndim > 0}

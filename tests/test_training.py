@@ -11,10 +11,12 @@ import pytest
 from PIL import Image
 
 from conftest import (
+  QUICK,
   TRAINED_RUN,
   error_line,
   flat_arrays,
   free_port,
+  one_device,
   quick_config,
   run_cli,
   run_steps,
@@ -22,12 +24,6 @@ from conftest import (
 from diffusion_jax import diffusion, parallel
 from diffusion_jax.data import pipeline
 from diffusion_jax.training import loop, tasks
-
-QUICK = "--config=configs/shapes_class_cond.py:quick"
-
-
-def one_device():
-  return parallel.make_mesh(devices=jax.devices()[:1])
 
 
 def test_loss_falls_on_a_tiny_run():

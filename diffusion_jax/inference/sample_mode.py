@@ -47,17 +47,18 @@ def run(config, workdir: str, mesh=None) -> pathlib.Path:
   settings = check_sample_config(config.sample, bundle.spec)
   mesh = mesh if mesh is not None else parallel.make_mesh()
   sampler = Sampler(bundle.spec, mesh)
+  params = parallel.replicate(bundle.params, mesh)  # once, not per batch
   logging.info("sampling %s with %s", bundle, settings)
   if config.sample.num_samples:
-    return _write_many(config.sample, bundle, sampler, settings, workdir)
-  return _write_grid(config.sample, bundle, sampler, settings, workdir)
+    return _write_many(config.sample, bundle, params, sampler, settings, workdir)
+  return _write_grid(config.sample, bundle, params, sampler, settings, workdir)
 
 
-def _write_many(sample_config, bundle, sampler, settings, workdir) -> pathlib.Path:
+def _write_many(sample_config, bundle, params, sampler, settings, workdir) -> pathlib.Path:
   num = int(sample_config.num_samples)
   labels = outputs.many_labels(bundle.spec.num_classes, num, sample_config.seed,
                                list(sample_config.labels))
-  images = outputs.sample_many(sampler, bundle.params, settings, num,
+  images = outputs.sample_many(sampler, params, settings, num,
                                int(sample_config.batch_size), sample_config.seed, labels)
   shape = "x".join(str(s) for s in images.shape)
   path = pathlib.Path(sample_config.output or
@@ -67,10 +68,10 @@ def _write_many(sample_config, bundle, sampler, settings, workdir) -> pathlib.Pa
   return path.with_suffix(".npz")
 
 
-def _write_grid(sample_config, bundle, sampler, settings, workdir) -> pathlib.Path:
+def _write_grid(sample_config, bundle, params, sampler, settings, workdir) -> pathlib.Path:
   labels = outputs.grid_labels(bundle.spec.num_classes, sample_config.per_class,
                                list(sample_config.labels))
-  images = outputs.sample_grid(sampler, bundle.params, settings, sample_config.seed, labels)
+  images = outputs.sample_grid(sampler, params, settings, sample_config.seed, labels)
   path = pathlib.Path(sample_config.output or
                       pathlib.Path(workdir) / "samples" / f"sampled_{bundle.step:06d}")
   if jax.process_index() != 0:
