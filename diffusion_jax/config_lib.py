@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.init_from = ""  # an export or workdir whose weights a new run starts from
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # -1 = all devices fsdp leaves
+  c.mesh.data = -1  # -1 = all devices fsdp leaves; fewer takes the first ones
   c.mesh.fsdp = 1
 
   c.sample = ml_collections.ConfigDict()

@@ -26,7 +26,10 @@ def make_mesh(data: int = -1, fsdp: int = 1,
   """A ("data", "fsdp") mesh over `devices` (all devices by default).
 
   Args:
-    data: size of the data axis; -1 takes all the devices fsdp leaves.
+    data: size of the data axis; -1 takes all the devices fsdp leaves. In a
+      single process, data x fsdp may be fewer than the devices: the mesh
+      then takes the first data x fsdp of them (e.g. `mesh.data=1` trains on
+      one device); a multi-process job uses every device.
     fsdp: size of the parameter-sharding axis.
     devices: the devices, in mesh order.
   """
@@ -35,9 +38,12 @@ def make_mesh(data: int = -1, fsdp: int = 1,
     raise ValueError(f"mesh: fsdp={fsdp} does not divide the {len(devices)} devices")
   if data == -1:
     data = len(devices) // fsdp
-  if data * fsdp != len(devices):
+  if data < 1 or data * fsdp > len(devices) or (
+      data * fsdp < len(devices) and jax.process_count() > 1):
     raise ValueError(f"mesh: data={data} x fsdp={fsdp} != {len(devices)} devices")
-  return Mesh(np.asarray(devices).reshape(data, fsdp), (DATA, FSDP))
+  if data * fsdp < len(devices):
+    logging.info("mesh: %d of the %d devices", data * fsdp, len(devices))
+  return Mesh(np.asarray(devices[:data * fsdp]).reshape(data, fsdp), (DATA, FSDP))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

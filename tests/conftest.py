@@ -39,9 +39,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 QUICK = "--config=configs/shapes_class_cond.py:quick"  # the CLI's quick config
+# In-process runs train on one of the 8 simulated devices: the one-device
+# programs compile, step and save faster (sharded training is tested on
+# its own: 2 x 4 devices in-process, 2 processes x 2 devices by the CLI).
+ONE_DEVICE = {"mesh.data": 1}
 # The overrides of the shared quick run: two EMA rates without warm-up, so
 # that the weights each one names differ after a few steps.
-TRAINED_RUN = {"train.ema_rates": (0.995, 0.9), "train.ema_warmup": False}
+TRAINED_RUN = {"train.ema_rates": (0.995, 0.9), "train.ema_warmup": False, **ONE_DEVICE}
 
 
 def data_dir() -> str:
@@ -151,6 +155,7 @@ def classifier_workdir(tmp_path_factory):
   to step 4: smaller images than the 16x16 digits it may judge."""
   from diffusion_jax.training import loop
   workdir = tmp_path_factory.mktemp("classifier")
-  config = quick_config("shapes_classifier", **{"data.name": "digits/16", "data.image_size": 8})
+  config = quick_config("shapes_classifier", **ONE_DEVICE,
+                        **{"data.name": "digits/16", "data.image_size": 8})
   loop.train_and_evaluate(config, str(workdir))
   return workdir

@@ -140,9 +140,9 @@ def test_a_classifier_loads_and_says_it_draws_nothing(classifier_workdir, traine
 
 def test_num_samples_writes_one_npz_in_guided_diffusions_layout(tmp_path, trained_workdir):
   def write(name, **overrides):
-    config = quick_config(**TRAINED_RUN, **{
-        "sample.num_samples": 10, "sample.batch_size": 4,
-        "sample.output": str(tmp_path / name), **overrides})
+    config = quick_config(**{**TRAINED_RUN, "mesh.data": -1,  # sharded over all 8 devices
+                             "sample.num_samples": 10, "sample.batch_size": 4,
+                             "sample.output": str(tmp_path / name), **overrides})
     return sample_mode.run(config, str(trained_workdir))
   path = write("a")
   with np.load(path) as samples:

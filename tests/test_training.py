@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import (
+  ONE_DEVICE,
   QUICK,
   TRAINED_RUN,
   error_line,
@@ -62,6 +63,14 @@ def fsdp_runs():
   """Two steps of FSDP_RUN on one device and on a 2 x 4 (data x fsdp) mesh."""
   config = quick_config(**FSDP_RUN)
   return run_steps(config, one_device(), 2), run_steps(config, parallel.make_mesh(2, 4), 2)
+
+
+def test_mesh_takes_the_first_devices_asked_for():
+  mesh = parallel.make_mesh(data=1)
+  assert mesh.devices.tolist() == [[jax.devices()[0]]]
+  assert parallel.make_mesh(data=2, fsdp=2).devices.size == 4
+  with pytest.raises(ValueError, match=r"mesh: data=5 x fsdp=2 != 8 devices"):
+    parallel.make_mesh(data=5, fsdp=2)
 
 
 def test_one_device_equals_eight_with_fsdp(fsdp_runs):
@@ -250,8 +259,9 @@ def image_folder(tmp_path_factory):
 
 
 def test_a_folder_of_images_trains_a_quick_model(tmp_path, image_folder):
-  config = quick_config(**{"data.name": f"folder:{image_folder}", "data.image_size": 16,
-                           "data.data_dir": str(tmp_path / "data")})
+  config = quick_config(**ONE_DEVICE, **{"data.name": f"folder:{image_folder}",
+                                         "data.image_size": 16,
+                                         "data.data_dir": str(tmp_path / "data")})
   workdir = tmp_path / "run"
   loop.train_and_evaluate(config, str(workdir))
   meta = json.loads((workdir / "checkpoints" / "4" / "meta" / "metadata").read_text())

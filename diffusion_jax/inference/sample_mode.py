@@ -42,10 +42,11 @@ def row_titles(data_config, num_classes, labels_grid, image_size: int):
 
 
 def run(config, workdir: str, mesh=None) -> pathlib.Path:
-  """Writes the samples `config.sample` asks for; returns the file written."""
+  """Writes the samples `config.sample` asks for, on `mesh` (default: the
+  config's mesh, all devices); returns the file written."""
   bundle = loading.load(workdir, loading.ema_choice(config.sample), kind="diffusion")
   settings = check_sample_config(config.sample, bundle.spec)
-  mesh = mesh if mesh is not None else parallel.make_mesh()
+  mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
   sampler = Sampler(bundle.spec, mesh)
   params = parallel.replicate(bundle.params, mesh)  # once, not per batch
   logging.info("sampling %s with %s", bundle, settings)
