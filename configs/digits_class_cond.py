@@ -1,5 +1,8 @@
 """Class-conditional diffusion on scikit-learn's handwritten digits (real data).
 
+`:uncond` trains without labels (for classifier guidance); `:quick` (and
+`:uncond,quick`) runs in seconds.
+
     python -m diffusion_jax.main --mode=train --config=configs/digits_class_cond.py \
         --workdir=runs/digits
 """
@@ -21,8 +24,9 @@ def get_config(arg: str = ""):
   c.train.checkpoint_every = 500
   c.train.ema_rates = (0.995,)
   c.sample.ema_rate = 0.995
-  if arg == "quick":
+  chosen = config_lib.variants(arg, ("quick", "uncond"))
+  if "quick" in chosen:
     config_lib.quick(c)
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r}; use '' or 'quick'")
+  if "uncond" in chosen:
+    config_lib.unconditional(c)
   return c

@@ -28,8 +28,6 @@ def get_config(arg: str = ""):
   c.train.checkpoint_every = 500
   c.train.ema_rates = (0.995,)
   c.sample.ema_rate = 0.995  # the weights loading (guidance, the data filter) takes
-  if arg == "quick":
+  if "quick" in config_lib.variants(arg, ("quick",)):
     config_lib.quick(c)
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r}; use '' or 'quick'")
   return c

@@ -87,6 +87,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.steps = "50"  # respacing spec
   c.sample.eta = 0.0
   c.sample.guidance_scale = 1.0  # classifier-free, GLIDE's s (1 = off)
+  # Classifier guidance: a trained noisy classifier (export or workdir) and
+  # its scale s (ADM's classifier_sample.py; 1.0 is ADM's 64x64 setting).
+  c.sample.classifier = ""
+  c.sample.classifier_scale = 1.0
   c.sample.clip_denoised = True
   c.sample.per_class = 8  # columns of the grid, one row per class
   c.sample.labels = ()  # rows to draw; () = every class
@@ -99,6 +103,28 @@ def base_config() -> ml_collections.ConfigDict:
   # `batch_size` at a time over all devices; 0 writes the grid.
   c.sample.num_samples = 0
   c.sample.batch_size = 64
+  return c
+
+
+def variants(arg: str, allowed) -> set[str]:
+  """The variants a config argument names: "quick", "uncond,quick", ...
+
+  Raises:
+    ValueError: naming an unknown variant and the allowed ones.
+  """
+  names = {part.strip() for part in arg.split(",") if part.strip()}
+  unknown = sorted(names - set(allowed))
+  if unknown:
+    raise ValueError(f"unknown variant {unknown[0]!r}; use a comma-separated subset of "
+                     f"{', '.join(repr(a) for a in allowed)} (or none)")
+  return names
+
+
+def unconditional(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """No class labels: the model classifier guidance steers (ADM's LSUN and
+  unconditional ImageNet models)."""
+  c.model.class_conditional = False
+  c.train.label_dropout = 0.0
   return c
 
 
@@ -144,6 +170,7 @@ _RULES = (
     ("train.label_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("sample.per_class", lambda v: v >= 1, ">= 1"),
     ("sample.eta", lambda v: v >= 0, ">= 0"),
+    ("sample.classifier_scale", lambda v: v >= 0, ">= 0"),
     ("sample.num_samples", lambda v: v >= 0, ">= 0"),
     ("sample.batch_size", lambda v: v >= 1, ">= 1"),
 )

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import (
   QUICK,
+  TINY_FLAGS,
   TRAINED_RUN,
   error_line,
   flat_arrays,
@@ -61,7 +62,7 @@ def all_params(workdir, step=None):
 
 # Short enough to be quick, long enough for a signal to land mid-run.
 RUN = ("--config.train.num_steps=20", "--config.train.checkpoint_every=5",
-       "--config.train.log_every=5")
+       "--config.train.log_every=5", *TINY_FLAGS)
 
 
 def assert_bitwise_equal(got, expected):
@@ -202,7 +203,7 @@ def test_different_config_in_workdir_is_refused(tmp_path, trained_workdir):
   assert list(workdir.glob("checkpoints.replaced-*/4"))
   result = cli(workdir, "--config.train.num_steps=5")  # the CLI: one line, status 2
   assert result.returncode == 2
-  assert "holds a run of a different config (seed: 1 -> 0; train.ema_rates" in error_line(result)
+  assert "holds a run of a different config (model.attention_resolutions" in error_line(result)
 
 
 def test_validation_messages():

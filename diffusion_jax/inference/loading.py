@@ -31,6 +31,7 @@ import numpy as np
 from diffusion_jax import checkpoint as ckpt_lib
 from diffusion_jax import validation
 from diffusion_jax.data.pipeline import DatasetInfo
+from diffusion_jax.inference import guide as guide_lib
 from diffusion_jax.inference.sampler import Sampler, SampleSettings
 from diffusion_jax.inference.spec import ModelSpec, make_spec
 
@@ -101,26 +102,39 @@ class Bundle:
     return (f"Bundle({self.spec.describe()}, step {self.step}, "
             f"{'raw weights' if self.ema_rate == RAW else f'EMA {self.ema_rate:g}'})")
 
-  def sample(self, num: Optional[int] = None, seed: int = 0, **kwargs) -> np.ndarray:
+  def sample(self, num: Optional[int] = None, seed: int = 0, classifier=None,
+             classifier_scale: float = 1.0, **kwargs) -> np.ndarray:
     """Draws samples as float32 [B, S, S, C] in [-1, 1].
 
     Args:
       num: how many samples (default: as many as the conditioning gives, or 1).
       seed: the PRNG seed; the samples are a pure function of it.
+      classifier: a noisy classifier (a `Bundle`, or the path of an export or
+        workdir) that guides the samples towards `labels` (ADM's classifier
+        guidance), for a class-conditional or an unconditional model.
+      classifier_scale: its scale s.
       **kwargs: the model's conditioning (`labels=[...]` for a
-        class-conditional model; random classes when omitted) and sample
-        settings overriding the config's `sample` section: method, steps,
-        eta, guidance_scale, clip_denoised.
+        class-conditional or classifier-guided model; random classes when
+        omitted) and sample settings overriding the config's `sample`
+        section: method, steps, eta, guidance_scale, clip_denoised.
 
     Raises:
-      ValueError: an unknown argument or setting, or a bad value.
+      ValueError: an unknown argument or setting, a bad value, or a
+        classifier that cannot guide this model (naming the difference).
     """
-    settings, cond_args = self._split(kwargs)
+    guide = None
+    if classifier is not None:
+      if not isinstance(classifier, Bundle):
+        classifier = load(classifier, kind="classifier")
+      guide = guide_lib.make_guide(self, classifier, classifier_scale)
+    extra = () if guide is None else (guide.target,)
+    settings, cond_args = self._split(kwargs, extra)
     settings.check(self.spec)
     if num is None and not cond_args:
       num = 1
-    cond = self.spec.prepare_cond(cond_args, num, np.random.default_rng(seed))
-    return self.sampler.sample(self.params, jax.random.PRNGKey(seed), cond, settings, num)
+    cond = self.spec.prepare_cond(cond_args, num, np.random.default_rng(seed), extra)
+    return self.sampler.sample(self.params, jax.random.PRNGKey(seed), cond, settings, num,
+                               guide)
 
   def encode(self, images, steps: str = "50", **cond_args) -> np.ndarray:
     """DDIM-inverts images (uint8, or floats in [-1, 1]) to their starting noise x_T."""
@@ -131,9 +145,9 @@ class Bundle:
     cond = self.spec.prepare_cond(cond_args, x0.shape[0])
     return self.sampler.encode(self.params, x0, cond, steps)
 
-  def _split(self, kwargs) -> tuple[SampleSettings, dict]:
+  def _split(self, kwargs, extra=()) -> tuple[SampleSettings, dict]:
     names = set(SampleSettings.names())
-    args = {c.arg for c in self.spec.conditioning}
+    args = {c.arg for c in self.spec.conditioning + tuple(extra)}
     unknown = sorted(set(kwargs) - names - args)
     if unknown:
       takes = ", ".join(sorted(args)) or "no conditioning"

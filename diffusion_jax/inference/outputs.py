@@ -23,14 +23,25 @@ def grid_labels(num_classes: Optional[int], per_class: int,
   return np.repeat(np.asarray(rows, np.int32)[:, None], per_class, axis=1)
 
 
+def _labelled(spec, guide) -> bool:
+  """Whether samples take labels: a class-conditional model, or a guide's target."""
+  return bool(spec.num_classes) or guide is not None
+
+
+def _cond(spec, guide, labels, size) -> dict:
+  given = {"labels": labels} if _labelled(spec, guide) else {}
+  return spec.prepare_cond(given, size, extra=() if guide is None else (guide.target,))
+
+
 def sample_grid(sampler: Sampler, params, settings: SampleSettings, seed: int,
-                labels_grid: np.ndarray) -> np.ndarray:
-  """Images [rows, cols, S, S, C] for a [rows, cols] label grid."""
+                labels_grid: np.ndarray, guide=None) -> np.ndarray:
+  """Images [rows, cols, S, S, C] for a [rows, cols] label grid (guided by
+  `guide`, a `guide.ClassifierGuide`, if given)."""
   spec = sampler.spec
   rows, cols = labels_grid.shape
-  given = {"labels": labels_grid.reshape(-1)} if spec.num_classes else {}
-  cond = spec.prepare_cond(given, rows * cols)
-  images = sampler.sample(params, jax.random.PRNGKey(seed), cond, settings, rows * cols)
+  cond = _cond(spec, guide, labels_grid.reshape(-1), rows * cols)
+  images = sampler.sample(params, jax.random.PRNGKey(seed), cond, settings, rows * cols,
+                          guide)
   return images.reshape((rows, cols) + tuple(spec.image_shape))
 
 
@@ -61,23 +72,22 @@ def many_labels(num_classes: Optional[int], num: int, seed: int,
 
 def sample_many(sampler: Sampler, params, settings: SampleSettings, num: int,
                 batch_size: int, seed: int, labels: Optional[np.ndarray] = None,
-                progress: bool = True) -> np.ndarray:
+                progress: bool = True, guide=None) -> np.ndarray:
   """uint8 images [num, S, S, C], drawn `batch_size` at a time.
 
   Batch i uses the key fold_in(PRNGKey(seed), i), so the same seed, labels
   and batch size give the same images.
   """
-  spec = sampler.spec
   key = jax.random.PRNGKey(seed)
-  batches = range(0, num, batch_size)
   out = []
   bar = tqdm.tqdm(total=num, desc="sampling", unit="image",
                   disable=not progress or jax.process_index() != 0)
-  for index, start in enumerate(batches):
+  for index, start in enumerate(range(0, num, batch_size)):
     size = min(batch_size, num - start)
-    given = {"labels": labels[start:start + size]} if labels is not None else {}
-    cond = spec.prepare_cond(given, size)
-    images = sampler.sample(params, jax.random.fold_in(key, index), cond, settings, size)
+    chunk = None if labels is None else labels[start:start + size]
+    cond = _cond(sampler.spec, guide, chunk, size)
+    images = sampler.sample(params, jax.random.fold_in(key, index), cond, settings, size,
+                            guide)
     out.append(visualize.to_uint8(images))
     bar.update(size)
   bar.close()

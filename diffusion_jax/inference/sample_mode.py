@@ -6,28 +6,37 @@ processes) with a progress bar; otherwise a PNG grid with one row per class
 (or per `sample.labels`) and its `.npz`. The model comes from the workdir's
 latest checkpoint (or an export folder), with the weights `sample.ema_rate`
 names (`sample.use_ema=False`: the raw parameters); the rest of the config's
-`sample` section says how to sample.
+`sample` section says how to sample, and `sample.classifier` names a trained
+noisy classifier that guides the samples towards their labels (scale
+`sample.classifier_scale`).
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
+from typing import Any, Optional
 
 import jax
 from absl import logging
 
 from diffusion_jax import parallel
 from diffusion_jax.data import builders
+from diffusion_jax.inference import guide as guide_lib
 from diffusion_jax.inference import loading, outputs
 from diffusion_jax.inference.sampler import Sampler, SampleSettings
 from diffusion_jax.inference.spec import ModelSpec
 
 
-def check_sample_config(sample_config, spec: ModelSpec) -> SampleSettings:
-  """The sample settings, checked against the model before any work."""
+def check_sample_config(sample_config, spec: ModelSpec,
+                        label_classes: Optional[int] = None) -> SampleSettings:
+  """The sample settings, checked against the model before any work.
+
+  `label_classes`: the classes `sample.labels` index (default: the model's;
+  a guiding classifier's for an unconditional model)."""
   settings = SampleSettings.of(sample_config)
   settings.check(spec)
   if sample_config.labels:
-    outputs.grid_labels(spec.num_classes, 1, list(sample_config.labels))
+    outputs.grid_labels(label_classes or spec.num_classes, 1, list(sample_config.labels))
   if sample_config.num_samples < 0 or sample_config.batch_size < 1:
     raise ValueError("sample.num_samples must be >= 0 and sample.batch_size >= 1")
   return settings
@@ -41,26 +50,57 @@ def row_titles(data_config, num_classes, labels_grid, image_size: int):
                               data_config.data_dir or None, image_size=image_size)
 
 
+@dataclasses.dataclass
+class _Request:
+  """What sample mode draws with: the model, its weights on the mesh, the
+  sampler, the settings, and the classifier guide (None without one)."""
+  bundle: loading.Bundle
+  params: Any
+  sampler: Sampler
+  settings: SampleSettings
+  guide: Optional[guide_lib.ClassifierGuide]
+
+  @property
+  def label_classes(self) -> Optional[int]:
+    """The classes labels index: the model's, or else the guide's."""
+    if self.bundle.spec.num_classes:
+      return self.bundle.spec.num_classes
+    return None if self.guide is None else self.guide.spec.num_classes
+
+
+def _guide(sample_config, bundle, mesh) -> Optional[guide_lib.ClassifierGuide]:
+  """`sample.classifier` as a checked guide, its weights on the mesh."""
+  if not sample_config.classifier:
+    return None
+  classifier = loading.load(sample_config.classifier, kind="classifier")
+  guide = guide_lib.make_guide(bundle, classifier, sample_config.classifier_scale)
+  logging.info("classifier guidance: %s at scale %g", classifier, guide.scale)
+  return dataclasses.replace(guide, params=parallel.replicate(guide.params, mesh))
+
+
 def run(config, workdir: str, mesh=None) -> pathlib.Path:
   """Writes the samples `config.sample` asks for, on `mesh` (default: the
   config's mesh, all devices); returns the file written."""
   bundle = loading.load(workdir, loading.ema_choice(config.sample), kind="diffusion")
-  settings = check_sample_config(config.sample, bundle.spec)
   mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-  sampler = Sampler(bundle.spec, mesh)
-  params = parallel.replicate(bundle.params, mesh)  # once, not per batch
+  guide = _guide(config.sample, bundle, mesh)
+  label_classes = bundle.spec.num_classes or (guide.spec.num_classes if guide else None)
+  settings = check_sample_config(config.sample, bundle.spec, label_classes)
+  request = _Request(bundle, parallel.replicate(bundle.params, mesh),  # once, not per batch
+                     Sampler(bundle.spec, mesh), settings, guide)
   logging.info("sampling %s with %s", bundle, settings)
   if config.sample.num_samples:
-    return _write_many(config.sample, bundle, params, sampler, settings, workdir)
-  return _write_grid(config.sample, bundle, params, sampler, settings, workdir)
+    return _write_many(config.sample, request, workdir)
+  return _write_grid(config.sample, request, workdir)
 
 
-def _write_many(sample_config, bundle, params, sampler, settings, workdir) -> pathlib.Path:
+def _write_many(sample_config, request: _Request, workdir) -> pathlib.Path:
   num = int(sample_config.num_samples)
-  labels = outputs.many_labels(bundle.spec.num_classes, num, sample_config.seed,
+  labels = outputs.many_labels(request.label_classes, num, sample_config.seed,
                                list(sample_config.labels))
-  images = outputs.sample_many(sampler, params, settings, num,
-                               int(sample_config.batch_size), sample_config.seed, labels)
+  images = outputs.sample_many(request.sampler, request.params, request.settings, num,
+                               int(sample_config.batch_size), sample_config.seed, labels,
+                               guide=request.guide)
   shape = "x".join(str(s) for s in images.shape)
   path = pathlib.Path(sample_config.output or
                       pathlib.Path(workdir) / "samples" / f"samples_{shape}.npz")
@@ -69,14 +109,16 @@ def _write_many(sample_config, bundle, params, sampler, settings, workdir) -> pa
   return path.with_suffix(".npz")
 
 
-def _write_grid(sample_config, bundle, params, sampler, settings, workdir) -> pathlib.Path:
-  labels = outputs.grid_labels(bundle.spec.num_classes, sample_config.per_class,
+def _write_grid(sample_config, request: _Request, workdir) -> pathlib.Path:
+  bundle = request.bundle
+  labels = outputs.grid_labels(request.label_classes, sample_config.per_class,
                                list(sample_config.labels))
-  images = outputs.sample_grid(sampler, params, settings, sample_config.seed, labels)
+  images = outputs.sample_grid(request.sampler, request.params, request.settings,
+                               sample_config.seed, labels, request.guide)
   path = pathlib.Path(sample_config.output or
                       pathlib.Path(workdir) / "samples" / f"sampled_{bundle.step:06d}")
   if jax.process_index() != 0:
     return path.with_suffix(".png")
-  titles = row_titles(bundle.config.data, bundle.spec.num_classes, labels,
+  titles = row_titles(bundle.config.data, request.label_classes, labels,
                       bundle.info.image_size)
   return outputs.write_grid(images, labels, path, titles)

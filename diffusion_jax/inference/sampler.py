@@ -88,21 +88,29 @@ class Sampler:
     self._compiled: dict = {}
 
   def sample(self, params, rng: jax.Array, cond: Mapping[str, np.ndarray],
-             settings: SampleSettings, batch_size: Optional[int] = None) -> np.ndarray:
+             settings: SampleSettings, batch_size: Optional[int] = None,
+             guide=None) -> np.ndarray:
     """Images float32 [B, S, S, C] in [-1, 1].
 
     Args:
       params: the network's parameters.
       rng: a PRNG key; the samples are a pure function of it.
-      cond: prepared conditioning (`spec.prepare_cond`), [B, ...] each.
+      cond: prepared conditioning (`spec.prepare_cond`), [B, ...] each; with
+        a guide, its target labels too ("y").
       settings: how to sample (checked here).
       batch_size: B when `cond` is empty (an unconditional model).
+      guide: a `guide.ClassifierGuide`, or None. Its parameters and scale
+        are arguments of the compiled program.
     """
     settings.check(self.spec)
     batch = _batch_size(cond, batch_size)
     padded = self._padded(batch)
-    fn = self._program(("sample", settings, padded), lambda: self._build_sample(settings, padded))
-    images = fn(self._placed(params), _raw_key(rng), _pad(cond, padded))
+    guide_spec = None if guide is None else guide.spec
+    key = ("sample", settings, padded, guide_spec)
+    fn = self._program(key, lambda: self._build_sample(settings, padded, guide))
+    guide_args = () if guide is None else (self._placed(guide.params),
+                                           np.float32(guide.scale))
+    images = fn(self._placed(params), _raw_key(rng), _pad(cond, padded), *guide_args)
     return np.asarray(images)[:batch]
 
   def encode(self, params, x0: np.ndarray, cond: Mapping[str, np.ndarray],
@@ -133,27 +141,33 @@ class Sampler:
     return platform.jit(fn, out_shardings=parallel.replicated(self.mesh))
 
   def _model_fn(self, params):
+    """The network as `model_fn(x, t, **cond)`, given only its own inputs
+    (guidance targets in `cond` go to the guide alone)."""
+    keys = self.spec.cond_keys
+
     def model_fn(x, t, **cond):
-      return self.spec.apply(params, x, t, **cond)
+      return self.spec.apply(params, x, t, **{k: v for k, v in cond.items() if k in keys})
     return model_fn
 
   def _batch_sharding(self):
     return None if self.mesh is None else parallel.batch_sharding(self.mesh)
 
-  def _build_sample(self, settings: SampleSettings, batch: int):
+  def _build_sample(self, settings: SampleSettings, batch: int, guide):
     spec = self.spec
     fast = schedules.respace(spec.schedule, settings.steps)
     shape = (batch,) + tuple(spec.image_shape)
     null = spec.null_cond(1) if settings.guidance_scale != 1.0 else None
 
-    def sample_fn(params, rng, cond):
+    def sample_fn(params, rng, cond, guide_params=None, guide_scale=None):
       model_fn = self._model_fn(params)
       if null is not None:
         model_fn = guidance.classifier_free(model_fn, settings.guidance_scale, null)
+      cond_fn = None if guide is None else guide.cond_fn(guide_params, guide_scale)
       return sampling.sample(model_fn, fast, shape, rng, method=settings.method,
                              eta=settings.eta, clip_denoised=settings.clip_denoised,
                              parameterization=spec.parameterization,
-                             variance=spec.variance, sharding=self._batch_sharding(), **cond)
+                             variance=spec.variance, cond_fn=cond_fn,
+                             sharding=self._batch_sharding(), **cond)
     return self._jit(sample_fn)
 
   def _build_encode(self, steps: str):

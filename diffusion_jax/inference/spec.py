@@ -71,6 +71,11 @@ class ModelSpec:
 
   # --- conditioning, as each input declares it ---
 
+  @property
+  def cond_keys(self) -> tuple:
+    """The model keyword arguments its conditioning supplies ("y")."""
+    return tuple(k for c in self.conditioning for k in c.keys)
+
   def placeholder_cond(self, batch_size: int) -> dict:
     return _merged(c.placeholder(batch_size) for c in self.conditioning)
 
@@ -95,20 +100,24 @@ class ModelSpec:
                    for c, r in zip(self.conditioning, rngs))
 
   def prepare_cond(self, given: Mapping[str, Any], batch_size: Optional[int] = None,
-                   rng: Optional[np.random.Generator] = None) -> dict[str, np.ndarray]:
+                   rng: Optional[np.random.Generator] = None,
+                   extra: tuple = ()) -> dict[str, np.ndarray]:
     """Validated model arrays from what a user passes (`labels=[...]`).
 
     Args:
       given: argument name -> value (None values are ignored).
       batch_size: the batch, if known; else taken from the arguments.
       rng: draws the inputs not given (`default`); without it they are required.
+      extra: inputs beyond the model's own, e.g. a guiding classifier's
+        target labels; where both declare an argument, the model's is used.
 
     Raises:
       ValueError: an argument this kind does not take, a missing one, or a
         bad value.
     """
     given = {k: v for k, v in given.items() if v is not None}
-    args = {c.arg: c for c in self.conditioning}
+    args = {c.arg: c for c in extra}
+    args.update({c.arg: c for c in self.conditioning})
     unknown = sorted(set(given) - set(args))
     if unknown:
       takes = f"takes {', '.join(sorted(args))}" if args else "takes no conditioning"
