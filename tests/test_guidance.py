@@ -71,12 +71,22 @@ def guided_conditional(trained_workdir, classifier_16):
 
 
 def test_bundle_guidance_of_a_conditional_model_equals_hand_wiring(guided_conditional,
-                                                                  classifier_16):
+                                                                  classifier_16, monkeypatch):
   bundle, images = guided_conditional
   want = hand_wired(bundle, classifier_16, 3.0, LABELS, 1, "ddpm", guidance_scale=2.0)
   np.testing.assert_allclose(images, want, atol=2e-4)  # float noise, amplified by s
   unguided = bundle.sample(labels=LABELS, method="ddpm", guidance_scale=2.0, seed=1)
   assert np.abs(images - unguided).max() > 1e-2  # the classifier really steers
+  # The scale is an argument of the compiled program: s = 0 runs it again
+  # without a new trace, and is the unguided sampler.
+  traces = []
+  apply = ModelSpec.apply
+  monkeypatch.setattr(ModelSpec, "apply",
+                      lambda *args, **kwargs: (traces.append(1), apply(*args, **kwargs))[1])
+  zero = bundle.sample(labels=LABELS, classifier=classifier_16, classifier_scale=0.0,
+                       method="ddpm", guidance_scale=2.0, seed=1)
+  assert not traces
+  np.testing.assert_allclose(zero, unguided, atol=2e-5)
 
 
 def test_unconditional_guidance_at_the_original_timesteps(unconditional, classifier_16,
