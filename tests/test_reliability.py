@@ -206,6 +206,19 @@ def test_different_config_in_workdir_is_refused(tmp_path, trained_workdir):
   assert "holds a run of a different config (model.attention_resolutions" in error_line(result)
 
 
+def test_a_field_added_since_the_run_started_counts_at_its_default():
+  saved = {"model": {"channels": 16}, "train": {"num_steps": 4}}
+  defaults = {"model": {"channels": 64, "feature_dim": 128}}
+  at_default = {"model": {"channels": 16, "feature_dim": 128}, "train": {"num_steps": 9}}
+  assert run_guard.config_differences(saved, at_default, defaults) == []
+  changed = {"model": {"channels": 16, "feature_dim": 64}}
+  assert run_guard.config_differences(saved, changed, defaults) == [
+      "model.feature_dim: None -> 64"]
+  # Without a default to stand in, a missing field is a difference.
+  assert run_guard.config_differences(saved, at_default) == [
+      "model.feature_dim: None -> 128"]
+
+
 def test_validation_messages():
   assert validation.check_images(np.full((2, 4, 4, 3), 255, np.uint8)).max() == 1.0
   with pytest.raises(ValueError, match="have 1 channels but the model takes 3"):

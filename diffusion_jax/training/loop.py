@@ -57,7 +57,8 @@ def restore_or_init(task: tasks.TrainTask, config, mesh, checkpointer, info, wor
   if checkpointer.latest_step() is None:
     state, shardings = task.create_state(mesh, config.seed, initial_params(task, config, info))
     return state, shardings, 0
-  run_guard.check_same_run(checkpointer.restore_json()[0], config_json(config), str(workdir))
+  run_guard.check_same_run(checkpointer.restore_json()[0], config_json(config), str(workdir),
+                           config_json(config_lib.base_config()))
   abstract, shardings = task.abstract_state(mesh, config.seed)
   restored, _, _, step = checkpointer.restore(abstract)
   logging.info("resumed from the checkpoint at step %d", step)

@@ -52,21 +52,32 @@ def _normalise(value):
   return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
-  """"name: saved -> current" for each field that may not change within a run."""
+_MISSING = object()
+
+
+def config_differences(saved: dict, current: dict, defaults: dict | None = None) -> list[str]:
+  """"name: saved -> current" for each field that may not change within a run.
+
+  A field the saved config lacks (one a later version of the package added)
+  counts as its value in `defaults`, so upgrading mid-run does not refuse
+  the resume while the new field keeps its default.
+  """
   old, new = _flatten(saved), _flatten(current)
+  fallback = _flatten(defaults or {})
   changed = []
   for name in sorted(set(old) | set(new)):
     if any(name == a or (a.endswith(".") and name.startswith(a)) for a in ADJUSTABLE):
       continue
-    if _normalise(old.get(name)) != _normalise(new.get(name)):
+    before = old.get(name, fallback.get(name, _MISSING))
+    if before is _MISSING or _normalise(before) != _normalise(new.get(name)):
       changed.append(f"{name}: {old.get(name)!r} -> {new.get(name)!r}")
   return changed
 
 
-def check_same_run(saved: dict, current: dict, workdir: str) -> None:
+def check_same_run(saved: dict, current: dict, workdir: str,
+                   defaults: dict | None = None) -> None:
   """Raises ValueError when `current` is not a continuation of the saved run."""
-  changed = config_differences(saved, current)
+  changed = config_differences(saved, current, defaults)
   if changed:
     raise ValueError(
         f"{workdir} holds a run of a different config ({'; '.join(changed[:3])}"
