@@ -13,6 +13,8 @@ setup(
     long_description=README.read_text() if README.exists() else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["diffusion_jax", "diffusion_jax.*"]),
+    # The shipped clean-image evaluators (safetensors + JSON, a few MB).
+    package_data={"diffusion_jax.evaluation": ["weights/*/*"]},
     python_requires=">=3.10",
     # jax, flax and orbax move their APIs between minor versions: pinned to
     # the ranges this code is tested on (CPU 0.10.2, GPU 0.11.2).

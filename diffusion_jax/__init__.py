@@ -15,11 +15,24 @@ A trained model (an export folder or a training workdir) loads in one call:
 from diffusion_jax import diffusion, guidance, oracles, sampling, schedules
 
 __version__ = "0.1.0"
-__all__ = ["diffusion", "guidance", "load", "oracles", "sampling", "schedules"]
+__all__ = ["diffusion", "guidance", "list_models", "load", "oracles", "sampling",
+           "schedules"]
+
+
+def list_models() -> list[str]:
+  """The names of the trained models that ship with the package (today the
+  clean-image evaluators: "digits16", "shapes16", "shapes32")."""
+  from diffusion_jax.evaluation import evaluator
+  return evaluator.evaluator_names()
 
 
 def load(path, ema_rate=None, kind=None):
-  """A trained model ready to sample, from an export folder or a training
-  workdir: see `diffusion_jax.inference.loading.load`."""
+  """A trained model: a shipped one by name (`list_models()`), an export
+  folder or a training workdir; see `diffusion_jax.inference.loading.load`."""
+  import pathlib
+
+  from diffusion_jax.evaluation import evaluator
   from diffusion_jax.inference import loading
+  if not pathlib.Path(path).exists() and str(path) in list_models():
+    path = evaluator.WEIGHTS / str(path)
   return loading.load(path, ema_rate, kind)

@@ -13,7 +13,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.resume = True  # False: start over in a workdir that holds another run
-  c.task = "diffusion"  # or "classifier" (the noisy classifier for guidance)
+  c.task = "diffusion"  # "classifier" (noisy, for guidance) or "evaluator" (clean)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "shapes"  # "shapes/two_objects_16", "digits/16", or a TFDS name
@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.learn_sigma = False
   c.model.class_conditional = True
   c.model.pool_head_channels = 32  # the classifier's attention pooling
+  c.model.feature_dim = 128  # the evaluator's feature vector
   c.model.dtype = "float32"  # compute dtype; params stay float32
   c.model.remat = False
 
@@ -176,7 +177,7 @@ _RULES = (
 )
 
 _CHOICES = {
-    "task": ("diffusion", "classifier"),
+    "task": ("diffusion", "classifier", "evaluator"),
     "model.dtype": ("float32", "bfloat16"),
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.parameterization": ("eps", "x0", "v"),

@@ -22,6 +22,7 @@ DIFFUSION_JAX_* environment variables, see `parallel.initialize_distributed`).
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 import sys
 import traceback
@@ -65,9 +66,10 @@ def _run_train(config, workdir):
   from diffusion_jax.training import loop
   drop_fn = filtering.classifier_drop_fn(config.data.filter)
   state = loop.train_and_evaluate(config, workdir, drop_fn)
-  grid = f"{workdir}/samples/step_{int(state.step):06d}.png"
-  print(f"trained to step {int(state.step)}; checkpoints, TensorBoard logs and sample "
-        f"grids are in {workdir} (the last grid: {grid})")
+  grid = pathlib.Path(workdir) / "samples" / f"step_{int(state.step):06d}.png"
+  grids = f" and sample grids (the last: {grid})" if grid.exists() else ""
+  print(f"trained to step {int(state.step)}; checkpoints and TensorBoard logs{grids} "
+        f"are in {workdir}")
 
 
 def _run_sample(config, workdir):

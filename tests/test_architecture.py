@@ -17,7 +17,7 @@ FLOORS = (
     ("diffusion", "oracles", "guidance", "sampling"),  # the math, pure functions
     ("models", "data", "checkpoint", "config_lib"),  # networks, datasets, storage
     ("inference",),  # a trained model: spec, loading, sampler, sample files
-    ("training",),  # the spec plus optimizer and step; the loop
+    ("training", "evaluation"),  # the loop; judging samples with shipped evaluators
     ("filtering", "toy", "main", "__init__"),  # applications and the API facade
 )
 FLOOR = {unit: level for level, units in enumerate(FLOORS) for unit in units}

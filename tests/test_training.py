@@ -71,6 +71,8 @@ def fsdp_runs():
     ("digits_class_cond", ["", "quick", "uncond,quick"]),
     ("shapes_classifier", ["", "quick"]),
     ("digits_classifier", ["", "quick"]),
+    ("shapes_evaluator", ["", "32", "32,quick"]),
+    ("digits_evaluator", ["", "quick"]),
     ("imagenet64_adm", ["", "quick"]),
 ])
 def test_every_config_and_variant_passes_its_checks(name, variants):

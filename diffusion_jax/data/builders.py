@@ -180,6 +180,9 @@ def metadata(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
     the images vary), "image_size": H if square and fixed else None,
     "channels": C, "num_classes": int, or None without a class label,
     "has_caption": whether examples have a "caption" text,
+    "attributes": {name: number of values} of the int features a clean-image
+    evaluator predicts (shapes: each object's shape, color, size, position;
+    otherwise the label, if any),
     "splits": {split: number of examples}}.
   """
   features = builder.info.features
@@ -193,8 +196,18 @@ def metadata(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
       "channels": channels,
       "num_classes": _num_classes(builder),
       "has_caption": "caption" in features,
+      "attributes": _attributes(builder),
       "splits": {split: info.num_examples for split, info in builder.info.splits.items()},
   }
+
+
+def _attributes(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
+  features = builder.info.features
+  if builder.name == "shapes":
+    return {key + suffix: count for suffix in ("", "2")
+            for key, count in shapes.ATTRIBUTE_CLASSES.items() if key + suffix in features}
+  classes = _num_classes(builder)
+  return {"label": classes} if classes else {}
 
 
 def _num_classes(builder: tfds.core.DatasetBuilder) -> int | None:

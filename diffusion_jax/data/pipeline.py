@@ -23,11 +23,25 @@ from diffusion_jax.data import builders
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """What the model needs to know about the data."""
+  """What the model needs to know about the data.
+
+  Attributes:
+    image_size, channels: of the images the model takes.
+    num_classes: of the class label, or None without one.
+    train_examples: the size of the training split.
+    attributes: ((name, number of values), ...) of the int features a
+      clean-image evaluator predicts (`builders.metadata`); () when unknown
+      (descriptions saved before they were recorded).
+  """
   image_size: int
   channels: int
   num_classes: Optional[int]
   train_examples: int
+  attributes: tuple = ()
+
+  def __post_init__(self):  # JSON gives lists back: keep it hashable
+    object.__setattr__(self, "attributes",
+                       tuple((str(name), int(count)) for name, count in self.attributes))
 
 
 def dataset_info(data_config, builder, num_examples: int) -> DatasetInfo:
@@ -35,7 +49,8 @@ def dataset_info(data_config, builder, num_examples: int) -> DatasetInfo:
   meta = builders.metadata(builder)
   size = data_config.image_size or meta["image_size"]
   channels = data_config.channels or meta["channels"]
-  return DatasetInfo(size, channels, meta["num_classes"], num_examples)
+  return DatasetInfo(size, channels, meta["num_classes"], num_examples,
+                     tuple(meta["attributes"].items()))
 
 
 def load_source(data_config, split: str = "train"):

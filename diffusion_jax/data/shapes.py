@@ -33,6 +33,9 @@ NUM_CLASSES = len(SHAPES) * len(COLORS)
 IMAGE_SIZES = (16, 32, 64)
 # The int64 attributes of each object; the second object's carry a "2".
 ATTRIBUTES = ("shape", "color", "size", "position")
+# The number of values of each attribute.
+ATTRIBUTE_CLASSES = {"shape": len(SHAPES), "color": len(COLORS), "size": len(SIZES),
+                     "position": len(POSITIONS)}
 
 # Saturated RGB per color: each has a channel >= 200 (minus jitter), while
 # backgrounds keep every channel below ~100, so no object melts into it.
@@ -83,6 +86,11 @@ class _Object:
   position: int
   offset: tuple[float, float]
   rgb: tuple[float, float, float]
+
+
+def label_of(shape, color):
+  """The class label of a shape and a color (ints or int arrays)."""
+  return shape * len(COLORS) + color
 
 
 def label_name(label: int) -> str:
@@ -230,7 +238,7 @@ def render_example(seed: int, index: int, image_size: int = 16,
   background = _sample_background(rng)
   caption = _caption(rng, objects)
   image = _render(objects, background, rng, image_size)  # draws the noise last
-  label = np.int64(objects[0].shape * len(COLORS) + objects[0].color)
+  label = np.int64(label_of(objects[0].shape, objects[0].color))
   return {"image": image, "label": label, **_attributes(objects), "caption": caption}
 
 

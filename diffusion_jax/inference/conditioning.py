@@ -90,3 +90,13 @@ class LabelTarget:
 
   def from_example(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {"label": np.int32(example["label"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttributeTargets:
+  """Every attribute of an example as a training target (the evaluator):
+  ((name, number of values), ...), each read as an int32 under its name."""
+  attributes: tuple
+
+  def from_example(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {name: np.int32(example[name]) for name, _ in self.attributes}

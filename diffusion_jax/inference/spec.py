@@ -27,8 +27,9 @@ class ModelSpec:
   """A model kind's network, schedule and conditioning declaration.
 
   Attributes:
-    kind: "diffusion" (a denoiser, sampled) or "classifier" (a noisy-image
-      classifier, used for guidance and data filtering).
+    kind: "diffusion" (a denoiser, sampled), "classifier" (a noisy-image
+      classifier, used for guidance and data filtering) or "evaluator" (a
+      clean-image classifier of every attribute, which judges samples).
     model: the Flax module.
     schedule: the training (unrespaced) noise schedule.
     image_shape: (S, S, C) of the images the model takes.
@@ -57,7 +58,8 @@ class ModelSpec:
   def describe(self) -> str:
     size = "x".join(str(s) for s in self.image_shape[:2])
     classes = f" of {self.num_classes} classes" if self.num_classes else ""
-    what = {"diffusion": "diffusion model", "classifier": "noisy classifier"}[self.kind]
+    what = {"diffusion": "diffusion model", "classifier": "noisy classifier",
+            "evaluator": "clean-image evaluator"}[self.kind]
     return f"a {size} {what}{classes}"
 
   def init_params(self, rng: jax.Array) -> Any:
@@ -180,9 +182,20 @@ def _classifier_spec(config, info: DatasetInfo) -> ModelSpec:
                    num_classes=info.num_classes)
 
 
+def _evaluator_spec(config, info: DatasetInfo) -> ModelSpec:
+  if not info.attributes:
+    raise ValueError(f"an evaluator needs labelled data; {config.data.name!r} has no "
+                     "attributes (labels) it could predict")
+  model = factory.make_evaluator(config.model, info.attributes)
+  return ModelSpec("evaluator", model, _schedule(config), _image_shape(info),
+                   targets=(cond_lib.AttributeTargets(info.attributes),),
+                   num_classes=info.num_classes)
+
+
 # Model kinds: config.task -> builder of its spec.
 KINDS: dict[str, Callable[[Any, DatasetInfo], ModelSpec]] = {
-    "diffusion": _diffusion_spec, "classifier": _classifier_spec}
+    "diffusion": _diffusion_spec, "classifier": _classifier_spec,
+    "evaluator": _evaluator_spec}
 
 
 def make_spec(config, info: DatasetInfo) -> ModelSpec:

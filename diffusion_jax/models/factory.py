@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from diffusion_jax.models.classifier import NoisyClassifier
+from diffusion_jax.models.evaluator import Evaluator
 from diffusion_jax.models.unet import UNet
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -50,3 +51,12 @@ def make_classifier(model_config, num_classes: int) -> NoisyClassifier:
   return NoisyClassifier(num_classes=num_classes,
                          pool_head_channels=model_config.pool_head_channels,
                          **_common(model_config))
+
+
+def make_evaluator(model_config, attributes) -> Evaluator:
+  """The clean-image evaluator of `attributes` ((name, values) pairs)."""
+  if model_config.dtype not in _DTYPES:
+    raise ValueError(f"model.dtype {model_config.dtype!r}: choose one of {sorted(_DTYPES)}")
+  return Evaluator(attributes=tuple(attributes), channels=model_config.channels,
+                   feature_dim=model_config.feature_dim, num_groups=model_config.num_groups,
+                   dtype=_DTYPES[model_config.dtype], param_dtype=jnp.float32)

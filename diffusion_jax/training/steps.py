@@ -110,6 +110,27 @@ def make_classifier_step(spec: ModelSpec, optimizer: optax.GradientTransformatio
   return _make_step(loss_fn, optimizer, ema_warmup)
 
 
+def make_evaluator_step(spec: ModelSpec, optimizer: optax.GradientTransformation, *,
+                        ema_warmup: bool = True) -> Callable:
+  """The clean-image evaluator's step: the sum over attributes of each
+  head's cross-entropy, on clean images (no noise)."""
+  names = [name for name, _ in spec.model.attributes]
+
+  def loss_fn(params, batch, rng, history):
+    del history
+    x0 = batch["image"]
+    out = spec.apply(params, x0, None, rngs={"dropout": rng}, train=True)
+    per_example = sum(optax.softmax_cross_entropy_with_integer_labels(out[n], batch[n])
+                      for n in names)  # [B]
+    loss = jnp.mean(per_example)
+    metrics = {"loss": loss}
+    metrics.update({f"accuracy_{n}": jnp.mean(jnp.argmax(out[n], -1) == batch[n])
+                    for n in names})
+    return loss, (metrics, jnp.zeros(x0.shape[:1], jnp.int32), per_example)
+
+  return _make_step(loss_fn, optimizer, ema_warmup)
+
+
 def guard_nonfinite(state: TrainState, updated: TrainState, finite) -> TrainState:
   """`updated` if the step was finite; else `state` with only the step advanced
   (params, optimizer state and EMA untouched) and the skip counted."""

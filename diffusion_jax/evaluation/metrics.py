@@ -1,0 +1,106 @@
+"""Judging samples by a clean-image evaluator: fidelity and diversity.
+
+- `predicted_labels`: the class of each image as the evaluator sees it (its
+  "label" head, or for `shapes` the label its shape and color heads make).
+- `class_accuracy`: how often that is the class the samples were asked for.
+- `mean_pairwise_distance`: diversity, the mean L2 distance between the
+  evaluator features of two samples of the same class.
+- `attribute_spread`: diversity of what the label leaves free (a shape's size
+  and position): the entropy of the predicted values within a class, over
+  the largest entropy possible (0: always the same value; 1: uniform).
+
+`judge(evaluator, images, labels)` gathers them in one dict. A guided model
+is judged by an evaluator, never by the classifier that guided it.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from diffusion_jax.data import shapes
+from diffusion_jax.evaluation import evaluator as evaluator_lib
+
+# The attributes a class label fixes; the evaluator's others are free.
+LABEL_ATTRIBUTES = ("label", "shape", "color")
+
+
+def predicted_labels(predictions: Mapping[str, np.ndarray]) -> np.ndarray:
+  """int [N]: the class label of each image from an evaluator's predictions."""
+  if "label" in predictions:
+    return np.asarray(predictions["label"])
+  if "shape" in predictions and "color" in predictions:
+    return shapes.label_of(np.asarray(predictions["shape"]), np.asarray(predictions["color"]))
+  raise ValueError(f"an evaluator predicting {sorted(predictions)} names no class label")
+
+
+def class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+  """The fraction of images whose predicted class is the asked-for one."""
+  return float(np.mean(np.asarray(predicted) == np.asarray(labels)))
+
+
+def _groups(labels: np.ndarray):
+  labels = np.asarray(labels)
+  return [np.flatnonzero(labels == value) for value in np.unique(labels)]
+
+
+def mean_pairwise_distance(features: np.ndarray, labels: np.ndarray) -> float:
+  """Mean L2 distance over the distinct pairs of each class (features [N, F]),
+  averaged over the classes with at least two members."""
+  means = []
+  for members in _groups(labels):
+    if len(members) < 2:
+      continue
+    f = np.asarray(features, np.float64)[members]  # [n, F]
+    squared = np.sum(f * f, -1)
+    d2 = squared[:, None] + squared[None, :] - 2 * f @ f.T  # [n, n]
+    upper = np.triu_indices(len(members), k=1)
+    means.append(np.mean(np.sqrt(np.maximum(d2[upper], 0.0))))
+  if not means:
+    raise ValueError("diversity needs at least two samples of one class")
+  return float(np.mean(means))
+
+
+def normalized_entropy(values: np.ndarray, num_values: int) -> float:
+  """Entropy of the empirical distribution of `values` in [0, num_values),
+  over log(num_values): 0 for a constant, 1 for uniform."""
+  counts = np.bincount(np.asarray(values), minlength=num_values)
+  p = counts[counts > 0] / counts.sum()
+  return float(-np.sum(p * np.log(p)) / np.log(num_values)) if num_values > 1 else 0.0
+
+
+def attribute_spread(predictions: Mapping[str, np.ndarray], labels: np.ndarray,
+                     num_values: Mapping[str, int]) -> dict[str, float]:
+  """{attribute: mean over classes of its normalized entropy within a class},
+  for the attributes in `num_values`."""
+  groups = _groups(labels)
+  return {name: float(np.mean([normalized_entropy(predictions[name][g], n) for g in groups]))
+          for name, n in num_values.items()}
+
+
+def free_attributes(evaluator) -> dict[str, int]:
+  """{attribute: number of values} of the evaluator's attributes that a class
+  label leaves free (for one-object `shapes`: size and position)."""
+  return {name: n for name, n in evaluator.spec.model.attributes
+          if name not in LABEL_ATTRIBUTES and not name.endswith("2")}
+
+
+def judge(evaluator, images: np.ndarray, labels: np.ndarray) -> dict:
+  """Fidelity and diversity of images asked to show classes `labels`.
+
+  Returns:
+    {"accuracy": class accuracy, "accuracy_<attr>": per label attribute,
+     "feature_distance": mean within-class pairwise feature distance,
+     "spread_<attr>": normalized within-class entropy per free attribute}.
+  """
+  labels = np.asarray(labels)
+  outputs = evaluator_lib.outputs(evaluator, images)
+  predictions = evaluator_lib.argmax_heads(outputs)
+  result = {"accuracy": class_accuracy(predicted_labels(predictions), labels)}
+  if "label" not in predictions:
+    parts = {"shape": labels // len(shapes.COLORS), "color": labels % len(shapes.COLORS)}
+    result.update({f"accuracy_{k}": class_accuracy(predictions[k], v) for k, v in parts.items()})
+  result["feature_distance"] = mean_pairwise_distance(outputs[evaluator_lib.FEATURES], labels)
+  spread = attribute_spread(predictions, labels, free_attributes(evaluator))
+  result.update({f"spread_{k}": v for k, v in spread.items()})
+  return result
