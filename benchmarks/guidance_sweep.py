@@ -1,0 +1,279 @@
+"""The fidelity-diversity trade-off of guidance, and the data filter, measured.
+
+Samples the models that `benchmarks/guidance_models.sh` trains, at every
+classifier scale s in {0, 0.5, 1, 2, 5, 10} (a conditional and an
+unconditional model, guided by the noisy classifier) and every CFG scale in
+{1, 1.5, 2, 3, 5} (the conditional model), on `shapes` and `digits`, and
+judges the samples with the shipped clean-image evaluators (never with the
+classifier that guided them; `evaluation.judge`):
+
+- accuracy: how often the evaluator sees the class asked for;
+- feature_distance: the mean distance between two samples of one class in
+  the evaluator's feature space (diversity);
+- spread_size, spread_position (shapes): how evenly the attributes the label
+  leaves free are spread within a class (normalized entropy; 1 = uniform).
+
+A "real data" row judges the test split the same way. The data filter part
+samples three unconditional shapes models (trained on all data, without
+class 0 by label, without what the classifier calls class 0) and counts how
+often the evaluator sees class 0 (red circle).
+
+Every setting draws the same labels and the same noise (seed 0), so rows
+differ only by the guidance. Writes JSON (--out), a grid PNG per sweep (a
+row per setting) and a plot into --figures, and prints markdown tables.
+
+    bash benchmarks/guidance_models.sh
+    python benchmarks/guidance_sweep.py --out=benchmarks/results/guidance_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from common import environment  # noqa: E402
+from diffusion_jax import evaluation, filtering, visualize  # noqa: E402
+from diffusion_jax.data import pipeline, shapes  # noqa: E402
+from diffusion_jax.evaluation import metrics  # noqa: E402
+from diffusion_jax.inference import loading  # noqa: E402
+
+CLASSIFIER_SCALES = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)
+CFG_SCALES = (1.0, 1.5, 2.0, 3.0, 5.0)
+EVALUATORS = {"shapes": "shapes16", "digits": "digits16"}
+GRID_CLASSES = {"shapes": (0, 7, 14), "digits": (1, 4, 7)}  # 4 samples each per row
+DROPPED = 0  # the class the filtered models never saw (shapes: red circle)
+FILTER_MODELS = (("unfiltered", "shapes_uncond"), ("by label", "shapes_uncond_drop_by_label"),
+                 ("by classifier", "shapes_uncond_drop_by_classifier"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  name: str
+  family: str  # "shapes" or "digits"
+  model: str  # the workdir under --runs
+  knob: str  # "classifier_scale" or "guidance_scale"
+  values: tuple
+  classifier: str = ""  # the noisy classifier's workdir under --runs
+
+
+SWEEPS = (
+    Sweep("shapes_conditional_classifier", "shapes", "shapes", "classifier_scale",
+          CLASSIFIER_SCALES, "shapes_classifier"),
+    Sweep("shapes_unconditional_classifier", "shapes", "shapes_uncond", "classifier_scale",
+          CLASSIFIER_SCALES, "shapes_classifier"),
+    Sweep("shapes_cfg", "shapes", "shapes", "guidance_scale", CFG_SCALES),
+    Sweep("digits_conditional_classifier", "digits", "digits", "classifier_scale",
+          CLASSIFIER_SCALES, "digits_classifier"),
+    Sweep("digits_unconditional_classifier", "digits", "digits_uncond", "classifier_scale",
+          CLASSIFIER_SCALES, "digits_classifier"),
+    Sweep("digits_cfg", "digits", "digits", "guidance_scale", CFG_SCALES),
+)
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--runs", default="runs/guidance", help="the trained models' workdirs")
+  parser.add_argument("--out", default="benchmarks/results/guidance_cpu.json")
+  parser.add_argument("--figures", default="docs/guidance", help="grids and plots go here")
+  parser.add_argument("--per_class", type=int, default=8, help="samples per class a setting")
+  parser.add_argument("--filter_num", type=int, default=540, help="samples per filter model")
+  parser.add_argument("--sweeps", default=",".join(s.name for s in SWEEPS),
+                      help="comma-separated sweep names; 'none' for the filter only")
+  parser.add_argument("--method", default="ddpm", help="the sampler of every setting")
+  parser.add_argument("--steps", default="50", help="sampling steps (respaced)")
+  parser.add_argument("--append", action="store_true",
+                      help="add these sweeps to the results already in --out")
+  parser.add_argument("--data_dir", default=None)
+  return parser.parse_args(argv)
+
+
+def real_data_row(evaluator, data_dir) -> dict:
+  """The evaluator's judgement of its dataset's test split: the ceiling."""
+  data_config = evaluator.config.data.copy_and_resolve_references()
+  if data_dir:
+    data_config.data_dir = data_dir
+  source, info = pipeline.load_source(data_config, "test")
+  examples = [source[i] for i in range(len(source))]
+  images = np.stack([pipeline.to_model_image(e["image"], info.image_size, info.channels)
+                     for e in examples])
+  labels = np.array([e["label"] for e in examples])
+  return {"setting": "real data (test split)", "num": len(labels),
+          **metrics_of(evaluator, images, labels)}
+
+
+def metrics_of(evaluator, images, labels) -> dict:
+  return {k: round(v, 4) for k, v in evaluation.judge(evaluator, images, labels).items()}
+
+
+def grid_rows(images: np.ndarray, labels: np.ndarray, classes) -> np.ndarray:
+  """[4 * len(classes), S, S, C]: the first 4 samples of each grid class."""
+  picks = np.concatenate([np.flatnonzero(labels == c)[:4] for c in classes])
+  return images[picks]
+
+
+def run_sweep(sweep: Sweep, args, evaluator) -> tuple[list[dict], list[np.ndarray]]:
+  """(a row per setting, a grid row per setting)."""
+  bundle = loading.load(pathlib.Path(args.runs) / sweep.model)
+  classifier = (loading.load(pathlib.Path(args.runs) / sweep.classifier, kind="classifier")
+                if sweep.classifier else None)
+  num_classes = evaluator.info.num_classes
+  labels = np.tile(np.arange(num_classes), args.per_class)  # [C * per_class]
+  rows, grids = [], []
+  for value in sweep.values:
+    knobs = {sweep.knob: value}
+    start = time.perf_counter()
+    images = bundle.sample(labels=labels, seed=0, classifier=classifier, method=args.method,
+                           steps=args.steps, **knobs)
+    seconds = time.perf_counter() - start
+    row = {"setting": f"{sweep.knob} {value:g}", sweep.knob: value, "num": len(labels),
+           "seconds": round(seconds, 1), **metrics_of(evaluator, images, labels)}
+    print(json.dumps({"sweep": sweep.name, **row}), flush=True)  # noqa: T201
+    rows.append(row)
+    grids.append(grid_rows(images, labels, GRID_CLASSES[sweep.family]))
+  return rows, grids
+
+
+def filter_rows(args, evaluator) -> list[dict]:
+  """How often each unconditional model draws the class its data lacked."""
+  rows = []
+  for name, workdir in FILTER_MODELS:
+    bundle = loading.load(pathlib.Path(args.runs) / workdir)
+    images = bundle.sample(num=args.filter_num, seed=0, method=args.method, steps=args.steps)
+    seen = metrics.predicted_labels(evaluation.predict(evaluator, images))
+    row = {"filter": name, "model": workdir, "num": args.filter_num,
+           "dropped_class_fraction": round(float(np.mean(seen == DROPPED)), 4),
+           "dropped_class_count": int(np.sum(seen == DROPPED))}
+    row.update(filter_accuracy(bundle.config.data.filter, args.data_dir))
+    print(json.dumps(row), flush=True)  # noqa: T201
+    rows.append(row)
+  return rows
+
+
+def filter_accuracy(filter_config, data_dir) -> dict:
+  """For a classifier filter: which test images it drops (of the class, and
+  of the others)."""
+  drop_fn = filtering.classifier_drop_fn(filter_config) if filter_config.classifier_workdir \
+      else None
+  if drop_fn is None:
+    return {}
+  bundle = filtering.load_classifier(filter_config)
+  data_config = bundle.config.data.copy_and_resolve_references()
+  if data_dir:
+    data_config.data_dir = data_dir
+  source, _ = pipeline.load_source(data_config, "test")
+  examples = [source[i] for i in range(len(source))]
+  dropped = np.asarray(drop_fn(examples), bool)
+  is_class = np.array([e["label"] == DROPPED for e in examples])
+  return {"test_split_class_dropped": round(float(dropped[is_class].mean()), 4),
+          "test_split_others_dropped": round(float(dropped[~is_class].mean()), 4)}
+
+
+def write_grid(sweep: Sweep, grids: list[np.ndarray], folder: pathlib.Path) -> str:
+  titles = [f"{'s' if sweep.knob == 'classifier_scale' else 'cfg'} = {v:g}"
+            for v in sweep.values]
+  path = folder / f"{sweep.name}.png"
+  visualize.image_grid(np.stack(grids), titles, title_width=70).save(path)
+  return str(path)
+
+
+def plot(results: dict, folder: pathlib.Path) -> str:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  for index, sweep in enumerate(SWEEPS):
+    if sweep.name not in results["sweeps"]:
+      continue
+    rows = results["sweeps"][sweep.name]["rows"]
+    x = [r[sweep.knob] for r in rows]
+    acc = [r["accuracy"] for r in rows]
+    real = results["real_data"][sweep.family]["feature_distance"]
+    dist = [r["feature_distance"] / real for r in rows]
+    style = dict(fmt="-o" if sweep.family == "shapes" else "--s", color=f"C{index}",
+                 label=sweep.name.replace("_", " "))
+    fmt = style.pop("fmt")
+    axes[0 if sweep.knob == "classifier_scale" else 1].plot(x, acc, fmt, **style)
+    axes[2].plot(acc, dist, fmt, **style)
+  axes[0].set_xscale("symlog", linthresh=0.5)
+  axes[0].set(xlabel="classifier scale s", ylabel="evaluator accuracy",
+              title="classifier guidance")
+  axes[1].set(xlabel="CFG scale", ylabel="evaluator accuracy", title="classifier-free guidance")
+  axes[2].set(xlabel="evaluator accuracy (fidelity)",
+              ylabel="within-class feature distance / real data's", title="the trade-off")
+  for ax in axes:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  path = folder / "tradeoff.png"
+  fig.savefig(path, dpi=110)
+  return str(path)
+
+
+def markdown(results: dict) -> str:
+  lines = []
+  for name, sweep in results["sweeps"].items():
+    family = sweep["family"]
+    columns = [c for c in ("accuracy", "accuracy_shape", "accuracy_color", "feature_distance",
+                           "spread_size", "spread_position", "seconds")
+               if c in sweep["rows"][0]]
+    lines += [f"\n{name}\n", "| setting | " + " | ".join(columns) + " |",
+              "|" + " --- |" * (len(columns) + 1)]
+    for row in sweep["rows"] + [results["real_data"][family]]:
+      lines.append(f"| {row['setting']} | " + " | ".join(str(row.get(c, "")) for c in columns)
+                   + " |")
+  if results.get("filter"):
+    lines += ["\nfilter\n",
+              "| filter | class 0 in samples | test class 0 dropped | others dropped |",
+              "| --- | --- | --- | --- |"]
+    for row in results["filter"]:
+      lines.append(f"| {row['filter']} | {row['dropped_class_count']}/{row['num']} "
+                   f"({row['dropped_class_fraction']:.1%}) | "
+                   f"{row.get('test_split_class_dropped', '')} | "
+                   f"{row.get('test_split_others_dropped', '')} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  folder = pathlib.Path(args.figures)
+  folder.mkdir(parents=True, exist_ok=True)
+  start = time.perf_counter()
+  evaluators = {f: evaluation.load_evaluator(n) for f, n in EVALUATORS.items()}
+  chosen = [s for s in SWEEPS if s.name in args.sweeps.split(",")]
+  out = pathlib.Path(args.out)
+  results = {"real_data": {}, "sweeps": {}, "runs": []}
+  if args.append and out.exists():
+    results = json.loads(out.read_text())
+  results["evaluators"] = EVALUATORS
+  results["runs"].append({"environment": environment(), "sweeps": [s.name for s in chosen],
+                          "per_class": args.per_class, "seed": 0, "method": args.method,
+                          "steps": args.steps, "filter_num": args.filter_num})
+  for family in sorted({s.family for s in chosen}):
+    results["real_data"][family] = real_data_row(evaluators[family], args.data_dir)
+  for sweep in chosen:
+    rows, grids = run_sweep(sweep, args, evaluators[sweep.family])
+    results["sweeps"][sweep.name] = {
+        "family": sweep.family, "model": sweep.model, "classifier": sweep.classifier,
+        "method": args.method, "steps": args.steps, "per_class": args.per_class, "rows": rows,
+        "grid": write_grid(sweep, grids, folder),
+        "grid_rows": [shapes.label_name(c) if sweep.family == "shapes" else str(c)
+                      for c in GRID_CLASSES[sweep.family]]}
+  if args.filter_num:
+    results["filter"] = filter_rows(args, evaluators["shapes"])
+  if results["sweeps"]:
+    results["plot"] = plot(results, folder)
+  results["runs"][-1]["seconds"] = round(time.perf_counter() - start, 1)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(results, indent=2) + "\n")
+  print(markdown(results))  # noqa: T201
+
+
+if __name__ == "__main__":
+  main()
