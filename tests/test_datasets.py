@@ -334,13 +334,16 @@ def test_load_builder_embedded(one_object, two_objects, digit_builder, data_dir)
   assert builders.metadata(one_object) == {
       "name": "shapes/one_object_16", "image_shape": (16, 16, 3), "image_size": 16,
       "channels": 3, "num_classes": 18, "has_caption": True,
-      "splits": {"train": 20_000, "validation": 1000, "test": 1000}}
+      "splits": {"train": 20_000, "validation": 1000, "test": 1000},
+      "attributes": shapes.ATTRIBUTE_CLASSES}
   meta = builders.metadata(two_objects)
   assert meta["name"] == "shapes/two_objects_16" and meta["has_caption"]
+  assert meta["attributes"] == {**shapes.ATTRIBUTE_CLASSES,
+                                **{f"{k}2": v for k, v in shapes.ATTRIBUTE_CLASSES.items()}}
   assert "shape2" in two_objects.info.features
   meta = builders.metadata(digit_builder)
-  assert (meta["image_shape"], meta["num_classes"], meta["has_caption"]) == \
-         ((16, 16, 1), 10, False)
+  assert (meta["image_shape"], meta["num_classes"], meta["has_caption"], meta["attributes"]) == \
+         ((16, 16, 1), 10, False, {"label": 10})
   bigger = builders.load_builder("digits/32", data_dir)
   assert bigger.as_data_source(split="validation")[0]["image"].shape == (32, 32, 1)
 
