@@ -83,7 +83,9 @@ def test_diversity_and_spread_against_closed_forms():
 def test_predicted_labels_compose_shape_and_color_as_the_renderer_does():
   scenes = [shapes.render_example(FRESH_SEED, i) for i in range(40)]
   truth = {k: np.array([s[k] for s in scenes]) for k in ("shape", "color", "label")}
-  assert np.array_equal(metrics.predicted_labels(truth), truth["label"])
+  heads = {k: truth[k] for k in ("shape", "color")}  # what a shapes evaluator has
+  assert np.array_equal(metrics.predicted_labels(heads), truth["label"])
+  assert np.array_equal(metrics.predicted_labels({"label": truth["label"]}), truth["label"])
   with pytest.raises(ValueError, match="names no class label"):
     metrics.predicted_labels({"size": truth["shape"]})
 
