@@ -90,6 +90,8 @@ def parse_args(argv=None):
   parser.add_argument("--steps", default="50", help="sampling steps (respaced)")
   parser.add_argument("--append", action="store_true",
                       help="add these sweeps to the results already in --out")
+  parser.add_argument("--replot", action="store_true",
+                      help="only redraw the plot and tables from --out")
   parser.add_argument("--data_dir", default=None)
   return parser.parse_args(argv)
 
@@ -184,10 +186,11 @@ def write_grid(sweep: Sweep, grids: list[np.ndarray], folder: pathlib.Path) -> s
 
 
 def plot(results: dict, folder: pathlib.Path) -> str:
+  """Accuracy against each scale, and two diversity measures against accuracy."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
   for index, sweep in enumerate(SWEEPS):
     if sweep.name not in results["sweeps"]:
       continue
@@ -195,24 +198,27 @@ def plot(results: dict, folder: pathlib.Path) -> str:
     x = [r[sweep.knob] for r in rows]
     acc = [r["accuracy"] for r in rows]
     real = results["real_data"][sweep.family]["feature_distance"]
-    dist = [r["feature_distance"] / real for r in rows]
-    style = dict(fmt="-o" if sweep.family == "shapes" else "--s", color=f"C{index}",
-                 label=sweep.name.replace("_", " "))
-    fmt = style.pop("fmt")
+    style = dict(color=f"C{index}", label=sweep.name.replace("_", " "))
+    fmt = "-o" if sweep.family == "shapes" else "--s"
     axes[0 if sweep.knob == "classifier_scale" else 1].plot(x, acc, fmt, **style)
-    axes[2].plot(acc, dist, fmt, **style)
+    if "spread_size" in rows[0]:
+      axes[2].plot(acc, [r["spread_size"] for r in rows], fmt, **style)
+    axes[3].plot(acc, [r["feature_distance"] / real for r in rows], fmt, **style)
   axes[0].set_xscale("symlog", linthresh=0.5)
+  axes[0].set_xticks(CLASSIFIER_SCALES, [f"{s:g}" for s in CLASSIFIER_SCALES])
   axes[0].set(xlabel="classifier scale s", ylabel="evaluator accuracy",
               title="classifier guidance")
   axes[1].set(xlabel="CFG scale", ylabel="evaluator accuracy", title="classifier-free guidance")
-  axes[2].set(xlabel="evaluator accuracy (fidelity)",
-              ylabel="within-class feature distance / real data's", title="the trade-off")
+  axes[2].set(xlabel="evaluator accuracy (fidelity)", ylabel="spread of size within a class",
+              title="diversity left free by the label (shapes)")
+  axes[3].set(xlabel="evaluator accuracy (fidelity)",
+              ylabel="within-class feature distance / real data's", title="feature distance")
   for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.tight_layout()
   path = folder / "tradeoff.png"
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=100)
   return str(path)
 
 
@@ -244,6 +250,11 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   folder = pathlib.Path(args.figures)
   folder.mkdir(parents=True, exist_ok=True)
+  if args.replot:
+    results = json.loads(pathlib.Path(args.out).read_text())
+    plot(results, folder)
+    print(markdown(results))  # noqa: T201
+    return
   start = time.perf_counter()
   evaluators = {f: evaluation.load_evaluator(n) for f, n in EVALUATORS.items()}
   chosen = [s for s in SWEEPS if s.name in args.sweeps.split(",")]
