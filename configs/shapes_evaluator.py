@@ -15,21 +15,7 @@ from diffusion_jax import config_lib
 
 
 def get_config(arg: str = ""):
-  c = config_lib.base_config()
-  c.task = "evaluator"
-  c.data.name = "shapes/one_object_16"
-  c.data.batch_size = 128
-  c.model.channels = 32
-  c.model.feature_dim = 128
-  c.model.num_groups = 8
-  c.optim.lr = 1e-3
-  c.optim.weight_decay = 0.01
-  c.optim.warmup_steps = 50
-  c.train.num_steps = 1500
-  c.train.log_every = 50
-  c.train.checkpoint_every = 500
-  c.train.ema_rates = (0.99,)
-  c.sample.ema_rate = 0.99  # the weights loading and export take
+  c = config_lib.clean_evaluator("shapes/one_object_16", batch_size=128, num_steps=1500)
   chosen = config_lib.variants(arg, ("32", "quick"))
   if "32" in chosen:  # two objects: both objects' attributes
     c.data.name = "shapes/two_objects_32"

@@ -121,6 +121,49 @@ def variants(arg: str, allowed) -> set[str]:
   return names
 
 
+def noisy_classifier(data_name: str) -> ml_collections.ConfigDict:
+  """The noisy classifier classifier guidance uses, for a 16x16 dataset: the
+  diffusion configs' schedule, ADM's classifier learning rate."""
+  c = base_config()
+  c.task = "classifier"
+  c.data.name = data_name
+  c.data.batch_size = 64
+  c.model.channels = 32
+  c.model.channel_mult = (1, 2, 2)
+  c.model.num_res_blocks = 2
+  c.model.attention_resolutions = (8,)
+  c.model.pool_head_channels = 32
+  c.optim.lr = 3e-4  # ADM's classifier learning rate
+  c.optim.weight_decay = 0.05
+  c.optim.warmup_steps = 50
+  c.train.num_steps = 2000
+  c.train.log_every = 25
+  c.train.checkpoint_every = 500
+  c.train.ema_rates = (0.995,)
+  c.sample.ema_rate = 0.995  # the weights loading (guidance, the data filter) takes
+  return c
+
+
+def clean_evaluator(data_name: str, batch_size: int, num_steps: int) -> ml_collections.ConfigDict:
+  """A clean-image evaluator (`evaluation/`): a small CNN naming every attribute."""
+  c = base_config()
+  c.task = "evaluator"
+  c.data.name = data_name
+  c.data.batch_size = batch_size
+  c.model.channels = 32
+  c.model.feature_dim = 128
+  c.model.num_groups = 8
+  c.optim.lr = 1e-3
+  c.optim.weight_decay = 0.01
+  c.optim.warmup_steps = 50
+  c.train.num_steps = num_steps
+  c.train.log_every = 50
+  c.train.checkpoint_every = 500
+  c.train.ema_rates = (0.99,)
+  c.sample.ema_rate = 0.99  # the weights loading and export take
+  return c
+
+
 def unconditional(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """No class labels: the model classifier guidance steers (ADM's LSUN and
   unconditional ImageNet models)."""
