@@ -152,21 +152,19 @@ def filter_rows(args, evaluator) -> list[dict]:
     row = {"filter": name, "model": workdir, "num": args.filter_num,
            "dropped_class_fraction": round(float(np.mean(seen == DROPPED)), 4),
            "dropped_class_count": int(np.sum(seen == DROPPED))}
-    row.update(filter_accuracy(bundle.config.data.filter, args.data_dir))
+    row.update(filter_accuracy(bundle.config, args.data_dir))
     print(json.dumps(row), flush=True)  # noqa: T201
     rows.append(row)
   return rows
 
 
-def filter_accuracy(filter_config, data_dir) -> dict:
-  """For a classifier filter: which test images it drops (of the class, and
-  of the others)."""
-  drop_fn = filtering.classifier_drop_fn(filter_config) if filter_config.classifier_workdir \
-      else None
-  if drop_fn is None:
+def filter_accuracy(model_config, data_dir) -> dict:
+  """For a classifier filter: which test images of the model's own dataset
+  it drops (of the class, and of the others)."""
+  if not model_config.data.filter.classifier_workdir:
     return {}
-  bundle = filtering.load_classifier(filter_config)
-  data_config = bundle.config.data.copy_and_resolve_references()
+  drop_fn = filtering.classifier_drop_fn(model_config.data.filter)
+  data_config = model_config.data.copy_and_resolve_references()
   if data_dir:
     data_config.data_dir = data_dir
   source, _ = pipeline.load_source(data_config, "test")
