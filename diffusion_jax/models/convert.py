@@ -4,7 +4,13 @@ Our submodule names mirror the PyTorch keys with "." before an index written
 as "_" (`input_blocks.3.1.qkv.weight` is `input_blocks_3_1/qkv/kernel`), so
 the mapping is a rule, not a table. Layouts differ: conv weights go from
 [out, in, kh, kw] to [kh, kw, in, out]; Linear and 1x1 Conv1d weights from
-[out, in(, 1)] to [in, out]; positional embeddings from [C, L] to [L, C].
+[out, in(, 1)] to [in, out]; ADM's attention-pool positional embedding from
+[C, L] to [L, C].
+
+GLIDE's text model (`models/text.py`) lives under our "text" module and at
+the top level of GLIDE's keys; its positional and padding embeddings are
+[L, C] in both (our `positions` and `padding`), and its `ln_1`, `ln_2` are
+names, not indices.
 """
 from __future__ import annotations
 
@@ -15,7 +21,16 @@ import flax
 import numpy as np
 
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight",
-               "bias": "bias", "positional_embedding": "positional_embedding"}
+               "bias": "bias", "positional_embedding": "positional_embedding",
+               "positions": "positional_embedding", "padding": "padding_embedding"}
+# Our modules with no PyTorch counterpart: their children sit at the top level.
+_FLATTENED = {"text"}
+# Module names that end in a number but are not indices.
+_VERBATIM = {"ln_1", "ln_2"}
+
+
+def _torch_module(name: str) -> str:
+  return name if name in _VERBATIM else re.sub(r"_(\d+)", r".\1", name)
 
 
 def torch_key(path: tuple[str, ...]) -> str:
@@ -23,7 +38,9 @@ def torch_key(path: tuple[str, ...]) -> str:
   *modules, leaf = path
   if leaf not in _LEAF_NAMES:
     raise ValueError(f"no PyTorch counterpart for parameter {'/'.join(path)}")
-  return ".".join([re.sub(r"_(\d+)", r".\1", m) for m in modules] + [_LEAF_NAMES[leaf]])
+  if modules and modules[0] in _FLATTENED:
+    modules = modules[1:]
+  return ".".join([_torch_module(m) for m in modules] + [_LEAF_NAMES[leaf]])
 
 
 def _to_flax_layout(leaf: str, value: np.ndarray, target_ndim: int) -> np.ndarray:
@@ -57,13 +74,24 @@ def from_torch(state_dict: Mapping[str, np.ndarray], target: Any) -> dict:
   Raises:
     ValueError: naming the first missing key, shape mismatch or unused key.
   """
+  return _filled(state_dict, target, torch_key,
+                 lambda path, value, spec: _to_flax_layout(path[-1], value, len(spec.shape)))
+
+
+def from_torch_verbatim(state_dict: Mapping[str, np.ndarray], target: Any) -> dict:
+  """As `from_torch`, for modules that keep PyTorch's names and layouts (the
+  noised CLIP, `models/clip.py`): the key is the path joined by "."."""
+  return _filled(state_dict, target, ".".join, lambda path, value, spec: value)
+
+
+def _filled(state_dict, target, key_of, layout) -> dict:
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(target))
   out, used = {}, set()
   for path, spec in flat.items():
-    key = torch_key(path)
+    key = key_of(path)
     if key not in state_dict:
       raise ValueError(f"the state_dict has no {key!r} (for {'/'.join(path)})")
-    value = _to_flax_layout(path[-1], np.asarray(state_dict[key], np.float32), len(spec.shape))
+    value = layout(path, np.asarray(state_dict[key], np.float32), spec)
     if value.shape != tuple(spec.shape):
       raise ValueError(f"{key!r} has shape {value.shape} in our layout but "
                        f"{'/'.join(path)} expects {tuple(spec.shape)}")

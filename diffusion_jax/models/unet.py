@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax.models import layers
+from diffusion_jax.models.text import TextEncoder, TextSpec
 
 Dtype = Any
 
@@ -112,17 +113,37 @@ class UNet(UNetSpec):
     out_channels: output channels (2 x image channels for a learned sigma).
     num_classes: size of the class embedding table, or None for no classes.
       Add one row for a null class when training for classifier-free guidance.
+    text: GLIDE's text model (`Text2ImUNet`), or None for no text. Its output
+      at the last slot is added to the timestep embedding, and its output
+      sequence is given to every attention layer.
   """
   out_channels: int = 3
   num_classes: Optional[int] = None
+  text: Optional[TextSpec] = None
+
+  def text_encoder(self) -> TextEncoder:
+    """The (unbound) text model; its parameters are this UNet's "text"."""
+    if self.text is None:
+      raise ValueError("this UNet has no text model")
+    return TextEncoder(self.text, self.time_embed_dim, self.dtype, self.param_dtype,
+                       parent=None)
+
+  def encode_text(self, params, tokens, mask):
+    """(xf_proj [B, 4 * model_channels], xf_out [B, L, W]) of tokens and mask
+    [B, L], from this UNet's `params`: computed once per sample call, then
+    passed to every step as `xf_proj=`, `xf_out=`."""
+    return self.text_encoder().apply({"params": params["text"]}, tokens, mask)
 
   @nn.compact
-  def __call__(self, x, t, *, y=None, low_res=None, inpaint_image=None,
-               inpaint_mask=None, train: bool = False):
+  def __call__(self, x, t, *, y=None, tokens=None, mask=None, xf_proj=None, xf_out=None,
+               low_res=None, inpaint_image=None, inpaint_mask=None, train: bool = False):
     """Args:
       x: [B, H, W, C] noisy images x_t.
       t: [B] original (unrespaced) timesteps.
       y: [B] int class labels (needed iff `num_classes`).
+      tokens, mask: [B, L] int token ids and bool (False on padding), for a
+        text model; or instead
+      xf_proj, xf_out: the text model's output for them (`encode_text`).
       low_res: [B, h, w, C] low-resolution images, upsampled bilinearly.
       inpaint_image: [B, H, W, C] images with the hole zeroed (image * mask).
       inpaint_mask: [B, H, W, 1] 1 where kept.
@@ -140,14 +161,31 @@ class UNet(UNetSpec):
     if y is not None:
       emb = emb + nn.Embed(self.num_classes, self.time_embed_dim, dtype=self.dtype,
                            param_dtype=self.param_dtype, name="label_emb")(y)
-    h, skips = self.encode(x, emb, train)
-    h = self.middle(h, emb, train)
-    h = self.decode(h, skips, emb, train)
+    xf_proj, xf_out = self._text(tokens, mask, xf_proj, xf_out)
+    if xf_proj is not None:
+      emb = emb + xf_proj.astype(emb.dtype)
+    h, skips = self.encode(x, emb, train, xf_out)
+    h = self.middle(h, emb, train, xf_out)
+    h = self.decode(h, skips, emb, train, xf_out)
     h = nn.silu(layers.group_norm(h, "out_0", self.num_groups, self.dtype,
                                   self.param_dtype))
     out = layers._conv(self.out_channels, "out_2", self.dtype, self.param_dtype,
                        zero=True)(h)
     return out.astype(jnp.float32)
+
+  def _text(self, tokens, mask, xf_proj, xf_out):
+    """(xf_proj, xf_out): given, computed from tokens, or (None, None) without text."""
+    encoded = xf_proj is not None and xf_out is not None
+    if self.text is None:
+      if tokens is not None or encoded:
+        raise ValueError("this UNet has no text model, but was given text")
+      return None, None
+    if encoded:
+      return xf_proj, xf_out
+    if tokens is None or mask is None:
+      raise ValueError("a text-conditional UNet needs tokens and mask (or xf_proj and xf_out)")
+    return TextEncoder(self.text, self.time_embed_dim, self.dtype, self.param_dtype,
+                       name="text")(tokens, mask)
 
   def _concat_inputs(self, x, low_res, inpaint_image, inpaint_mask):
     parts = [x]
