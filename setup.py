@@ -13,8 +13,10 @@ setup(
     long_description=README.read_text() if README.exists() else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["diffusion_jax", "diffusion_jax.*"]),
-    # The shipped clean-image evaluators (safetensors + JSON, a few MB).
-    package_data={"diffusion_jax.evaluation": ["weights/*/*"]},
+    # The shipped clean-image evaluators (safetensors + JSON, a few MB), and
+    # GLIDE's two BPE vocabularies (MIT, OpenAI: text/bpe/LICENSE).
+    package_data={"diffusion_jax.evaluation": ["weights/*/*"],
+                  "diffusion_jax.text": ["bpe/*"]},
     python_requires=">=3.10",
     # jax, flax and orbax move their APIs between minor versions: pinned to
     # the ranges this code is tested on (CPU 0.10.2, GPU 0.11.2).
@@ -35,6 +37,7 @@ setup(
         "pillow>=10",
         "tqdm>=4.66",
         "safetensors>=0.4",  # exported models
+        "tokenizers>=0.20,<1",  # GLIDE's GPT-2 and CLIP BPE (Hugging Face)
     ],
     extras_require={
         # ruff: the linter CI runs (ruff.toml); pinned, as its rules move.

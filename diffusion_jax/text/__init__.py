@@ -1,0 +1,1 @@
+"""Text: GLIDE's GPT-2 BPE and the noised CLIP's BPE (`tokenizer.py`)."""
