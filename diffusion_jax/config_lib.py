@@ -13,7 +13,8 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.resume = True  # False: start over in a workdir that holds another run
-  c.task = "diffusion"  # "classifier" (noisy, for guidance) or "evaluator" (clean)
+  # "classifier" (noisy, for guidance), "evaluator" (clean), "clip" (noised CLIP)
+  c.task = "diffusion"
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "shapes"  # "shapes/two_objects_16", "digits/16", or a TFDS name
@@ -47,6 +48,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.feature_dim = 128  # the evaluator's feature vector
   c.model.dtype = "float32"  # compute dtype; params stay float32
   c.model.remat = False
+  # GLIDE's text model (captions, GPT-2 BPE): text_ctx > 0 makes a
+  # text-to-image UNet; train.label_dropout then drops captions (CFG).
+  c.model.text_ctx = 0
+  c.model.xf_width = 128
+  c.model.xf_layers = 2
+  c.model.xf_heads = 4
+  c.model.xf_final_ln = True
+  c.model.xf_padding = True
+  # The noised CLIP (task "clip"): GLIDE's clip/config.yaml at a small size.
+  c.model.clip = ml_collections.ConfigDict(dict(
+      text_ctx=24, text_width=64, text_layers=2, text_heads=4, patch_size=4,
+      image_width=64, image_layers=2, image_heads=4, embed_dim=64))
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = "cosine"
@@ -76,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_every = 0  # 0 = only at the end
   c.train.ema_rates = (0.999,)
   c.train.ema_warmup = True  # decay min(rate, (1 + step) / (10 + step))
-  c.train.label_dropout = 0.1  # CFG: labels replaced by the null class
+  c.train.label_dropout = 0.1  # CFG: labels (captions) replaced by the null class ("")
   c.train.init_from = ""  # an export or workdir whose weights a new run starts from
 
   c.mesh = ml_collections.ConfigDict()
@@ -93,6 +106,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.classifier = ""
   c.sample.classifier_scale = 1.0
   c.sample.clip_denoised = True
+  # A text-to-image model's prompts, "|"-separated: one grid row each.
+  # A prompt schedule: `prompts_after` from the step `switch_at` (a fraction
+  # of the steps, counted from t = T) to the end.
+  c.sample.prompts = ""
+  c.sample.prompts_after = ""
+  c.sample.switch_at = 1.0
+  # CLIP guidance: a trained noised CLIP (export or workdir) and its scale.
+  c.sample.clip = ""
+  c.sample.clip_scale = 1.0
   c.sample.per_class = 8  # columns of the grid, one row per class
   c.sample.labels = ()  # rows to draw; () = every class
   c.sample.seed = 0
@@ -215,12 +237,15 @@ _RULES = (
     ("sample.per_class", lambda v: v >= 1, ">= 1"),
     ("sample.eta", lambda v: v >= 0, ">= 0"),
     ("sample.classifier_scale", lambda v: v >= 0, ">= 0"),
+    ("sample.clip_scale", lambda v: v >= 0, ">= 0"),
+    ("sample.switch_at", lambda v: 0 <= v <= 1, "in [0, 1] (a fraction of the steps)"),
+    ("model.text_ctx", lambda v: v >= 0, ">= 0 (0: no text)"),
     ("sample.num_samples", lambda v: v >= 0, ">= 0"),
     ("sample.batch_size", lambda v: v >= 1, ">= 1"),
 )
 
 _CHOICES = {
-    "task": ("diffusion", "classifier", "evaluator"),
+    "task": ("diffusion", "classifier", "evaluator", "clip"),
     "model.dtype": ("float32", "bfloat16"),
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.parameterization": ("eps", "x0", "v"),

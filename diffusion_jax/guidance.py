@@ -103,3 +103,41 @@ def classifier_free(model_fn: Callable, scale: float,
     guided = eps_u + scale * (eps_c - eps_u)
     return jnp.concatenate([guided, conditional[..., channels:]], axis=-1)
   return guided_model_fn
+
+
+def switched(model_fn: Callable, switch_t, after: Mapping[str, jax.Array]) -> Callable:
+  """A prompt schedule: `model_fn` whose conditioning becomes `after` once the
+  (original) timestep drops below `switch_t`.
+
+  Args:
+    model_fn: `model_fn(x_t, t, **cond)`; wrap it around classifier-free
+      guidance, not inside it, so both halves switch.
+    switch_t: timesteps t < switch_t use `after`.
+    after: the later conditioning, [B, ...] per key it replaces.
+  """
+  def scheduled_model_fn(x_t, t, **cond):
+    late = t < switch_t  # [B]
+    mixed = dict(cond)
+    for key, value in after.items():
+      pick = late.reshape(late.shape + (1,) * (jnp.ndim(value) - 1))
+      mixed[key] = jnp.where(pick, value, cond[key])
+    return model_fn(x_t, t, **mixed)
+  return scheduled_model_fn
+
+
+def clip(image_embed_fn: Callable, scale: float = 1.0,
+         logit_scale: float = 4.605170185988092, text_key: str = "clip_text") -> Callable:
+  """CLIP guidance as a `cond_fn` (GLIDE's): the gradient with respect to x_t
+  of exp(logit_scale) <normalised image embedding, normalised text embedding>,
+  times `scale`.
+
+  Args:
+    image_embed_fn: `(x_t, t) -> [B, D]`, the noised CLIP's normalised image
+      embeddings.
+    scale: the guidance scale.
+    logit_scale: log(100), the noised CLIP's.
+    text_key: where `cond` holds the normalised text embeddings [B, D].
+  """
+  def log_prob_fn(x_t, t, **cond):
+    return jnp.exp(logit_scale) * jnp.sum(image_embed_fn(x_t, t) * cond[text_key], axis=-1)
+  return classifier(log_prob_fn, scale)

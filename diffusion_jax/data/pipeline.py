@@ -32,12 +32,15 @@ class DatasetInfo:
     attributes: ((name, number of values), ...) of the int features a
       clean-image evaluator predicts (`builders.metadata`); () when unknown
       (descriptions saved before they were recorded).
+    captions: whether examples have a "caption" text (False in descriptions
+      saved before it was recorded).
   """
   image_size: int
   channels: int
   num_classes: Optional[int]
   train_examples: int
   attributes: tuple = ()
+  captions: bool = False
 
   def __post_init__(self):  # JSON gives lists back: keep it hashable
     object.__setattr__(self, "attributes",
@@ -50,7 +53,7 @@ def dataset_info(data_config, builder, num_examples: int) -> DatasetInfo:
   size = data_config.image_size or meta["image_size"]
   channels = data_config.channels or meta["channels"]
   return DatasetInfo(size, channels, meta["num_classes"], num_examples,
-                     tuple(meta["attributes"].items()))
+                     tuple(meta["attributes"].items()), bool(meta["has_caption"]))
 
 
 def load_source(data_config, split: str = "train"):

@@ -21,6 +21,7 @@ import numpy as np
 from diffusion_jax import guidance
 from diffusion_jax.inference import conditioning as cond_lib
 from diffusion_jax.inference.spec import ModelSpec
+from diffusion_jax.models import clip as clip_lib
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -47,33 +48,83 @@ class ClassifierGuide:
       return self.spec.apply(params, x, t)
     return guidance.classifier(guidance.log_prob_from_logits(logits_fn), scale)
 
+  def encode_cond(self, params, cond):
+    """The sampler's conditioning as the cond_fn reads it (the labels as given)."""
+    del params
+    return cond
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClipGuide:
+  """A trained noised CLIP and its guidance scale (GLIDE's CLIP guidance).
+
+  Attributes:
+    spec: the CLIP's `ModelSpec` (kind "clip").
+    params: its weights ({"image": ..., "text": ...}).
+    scale: the guidance scale; 0 leaves the samples unguided.
+  """
+  spec: ModelSpec
+  params: Any
+  scale: float
+
+  @property
+  def target(self) -> cond_lib.ClipCaption:
+    """The prompts, as CLIP tokens."""
+    return cond_lib.ClipCaption(self.spec.model.spec.text_ctx)
+
+  def encode_cond(self, params, cond):
+    """Adds the prompts' normalised text embeddings ("clip_text" [B, D]),
+    computed once per sample call."""
+    out = dict(cond)
+    out["clip_text"] = clip_lib.text_embeddings(self.spec.model.spec, params,
+                                                cond["clip_tokens"], cond["clip_lens"])
+    return out
+
+  def cond_fn(self, params, scale):
+    """scale * grad_x exp(logit_scale) <z_image(x_t, t), clip_text>."""
+    def image_embed_fn(x, t):
+      return clip_lib.image_embeddings(self.spec.model.spec, params, x, t)
+    return guidance.clip(image_embed_fn, scale, clip_lib.LOGIT_SCALE)
+
 
 def _family(data_name: str) -> str:
   """The dataset a data name belongs to ("shapes/one_object_16" -> "shapes")."""
   return data_name.partition("/")[0].partition(":")[0]
 
 
-def difference(model, classifier) -> Optional[str]:
-  """The first way `classifier` cannot guide `model` (both loaded `Bundle`s:
-  spec, config, info), as a phrase, or None."""
-  got, want = classifier.spec.schedule, model.spec.schedule
+def _noise_difference(model, guide) -> Optional[str]:
+  """How `guide`'s noise levels differ from `model`'s, or None."""
+  got, want = guide.spec.schedule, model.spec.schedule
   if got.num_timesteps != want.num_timesteps:
     return (f"it was trained with {got.num_timesteps} timesteps, the model with "
             f"{want.num_timesteps}")
   if not np.allclose(np.asarray(got.alphas_cumprod), np.asarray(want.alphas_cumprod),
                      rtol=1e-5, atol=1e-7):
-    return (f"it was trained with the {classifier.config.diffusion.schedule!r} noise "
+    return (f"it was trained with the {guide.config.diffusion.schedule!r} noise "
             f"schedule, the model with {model.config.diffusion.schedule!r}")
+  return None
+
+
+def _shape_difference(model, guide) -> Optional[str]:
+  if tuple(guide.spec.image_shape) != tuple(model.spec.image_shape):
+    size = lambda shape: "x".join(str(s) for s in shape)  # noqa: E731
+    return (f"it takes {size(guide.spec.image_shape)} images, the model draws "
+            f"{size(model.spec.image_shape)}")
+  return None
+
+
+def difference(model, classifier) -> Optional[str]:
+  """The first way `classifier` cannot guide `model` (both loaded `Bundle`s:
+  spec, config, info), as a phrase, or None."""
+  noise = _noise_difference(model, classifier)
+  if noise:
+    return noise
   model_data, classifier_data = model.config.data.name, classifier.config.data.name
   if (_family(model_data) != _family(classifier_data)
       or classifier.spec.num_classes != model.info.num_classes):
     return (f"its labels are the {classifier.spec.num_classes} classes of "
             f"{classifier_data!r}, the model's the {model.info.num_classes} of {model_data!r}")
-  if tuple(classifier.spec.image_shape) != tuple(model.spec.image_shape):
-    size = lambda shape: "x".join(str(s) for s in shape)  # noqa: E731
-    return (f"it takes {size(classifier.spec.image_shape)} images, the model draws "
-            f"{size(model.spec.image_shape)}")
-  return None
+  return _shape_difference(model, classifier)
 
 
 def check_compatible(model, classifier) -> None:
@@ -93,3 +144,17 @@ def make_guide(model, classifier, scale: float) -> ClassifierGuide:
   if scale < 0:
     raise ValueError(f"classifier_scale must be >= 0, got {scale}")
   return ClassifierGuide(classifier.spec, classifier.params, float(scale))
+
+
+def make_clip_guide(model, clip, scale: float) -> ClipGuide:
+  """A checked `ClipGuide` of `clip` (a loaded noised-CLIP `Bundle`) for
+  `model` (a loaded text-to-image `Bundle`): the same noise schedule and
+  image size, or a one-line ValueError naming the difference."""
+  if clip.kind != "clip":
+    raise ValueError(f"CLIP guidance needs a noised CLIP, not {clip.spec.describe()}")
+  problem = _noise_difference(model, clip) or _shape_difference(model, clip)
+  if problem is not None:
+    raise ValueError(f"the CLIP cannot guide {model.spec.describe()}: {problem}")
+  if scale < 0:
+    raise ValueError(f"clip_scale must be >= 0, got {scale}")
+  return ClipGuide(clip.spec, clip.params, float(scale))

@@ -31,6 +31,7 @@ import numpy as np
 from diffusion_jax import checkpoint as ckpt_lib
 from diffusion_jax import validation
 from diffusion_jax.data.pipeline import DatasetInfo
+from diffusion_jax.inference import conditioning as cond_lib
 from diffusion_jax.inference import guide as guide_lib
 from diffusion_jax.inference.sampler import Sampler, SampleSettings
 from diffusion_jax.inference.spec import ModelSpec, make_spec
@@ -103,7 +104,8 @@ class Bundle:
             f"{'raw weights' if self.ema_rate == RAW else f'EMA {self.ema_rate:g}'})")
 
   def sample(self, num: Optional[int] = None, seed: int = 0, classifier=None,
-             classifier_scale: float = 1.0, **kwargs) -> np.ndarray:
+             classifier_scale: float = 1.0, clip=None, clip_scale: float = 1.0,
+             prompts_after=None, **kwargs) -> np.ndarray:
     """Draws samples as float32 [B, S, S, C] in [-1, 1].
 
     Args:
@@ -113,28 +115,50 @@ class Bundle:
         workdir) that guides the samples towards `labels` (ADM's classifier
         guidance), for a class-conditional or an unconditional model.
       classifier_scale: its scale s.
+      clip: a noised CLIP (a `Bundle` or a path) that guides a text-to-image
+        model's samples towards their `prompts` (GLIDE's CLIP guidance).
+      clip_scale: its scale.
+      prompts_after: a prompt schedule: these prompts (one per sample) from
+        the step `switch_at` (a fraction of the steps, from t = T) on.
       **kwargs: the model's conditioning (`labels=[...]` for a
-        class-conditional or classifier-guided model; random classes when
-        omitted) and sample settings overriding the config's `sample`
-        section: method, steps, eta, guidance_scale, clip_denoised.
+        class-conditional or classifier-guided model, random classes when
+        omitted; `prompts=[...]` for a text-to-image one, one per sample)
+        and sample settings overriding the config's `sample` section:
+        method, steps, eta, guidance_scale, clip_denoised, switch_at.
 
     Raises:
-      ValueError: an unknown argument or setting, a bad value, or a
-        classifier that cannot guide this model (naming the difference).
+      ValueError: an unknown argument or setting, a bad value, or a guide
+        that cannot guide this model (naming the difference).
     """
-    guide = None
-    if classifier is not None:
-      if not isinstance(classifier, Bundle):
-        classifier = load(classifier, kind="classifier")
-      guide = guide_lib.make_guide(self, classifier, classifier_scale)
+    guide = self._guide(classifier, classifier_scale, clip, clip_scale)
     extra = () if guide is None else (guide.target,)
     settings, cond_args = self._split(kwargs, extra)
     settings.check(self.spec)
     if num is None and not cond_args:
       num = 1
     cond = self.spec.prepare_cond(cond_args, num, np.random.default_rng(seed), extra)
+    cond_after = None
+    if prompts_after is not None:
+      if clip is not None:
+        raise ValueError("a prompt schedule (prompts_after) with CLIP guidance is not "
+                         "supported: the CLIP would guide towards the first prompts only")
+      cond_after = self.spec.prepare_after(prompts_after, cond_lib.batch_size_of(cond))
     return self.sampler.sample(self.params, jax.random.PRNGKey(seed), cond, settings, num,
-                               guide)
+                               guide, cond_after)
+
+  def _guide(self, classifier, classifier_scale, clip, clip_scale):
+    """The classifier or CLIP guide asked for (paths loaded), or None."""
+    if classifier is not None and clip is not None:
+      raise ValueError("give a classifier or a CLIP to guide with, not both")
+    if classifier is not None:
+      if not isinstance(classifier, Bundle):
+        classifier = load(classifier, kind="classifier")
+      return guide_lib.make_guide(self, classifier, classifier_scale)
+    if clip is not None:
+      if not isinstance(clip, Bundle):
+        clip = load(clip, kind="clip")
+      return guide_lib.make_clip_guide(self, clip, clip_scale)
+    return None
 
   def encode(self, images, steps: str = "50", **cond_args) -> np.ndarray:
     """DDIM-inverts images (uint8, or floats in [-1, 1]) to their starting noise x_T."""

@@ -23,38 +23,82 @@ def grid_labels(num_classes: Optional[int], per_class: int,
   return np.repeat(np.asarray(rows, np.int32)[:, None], per_class, axis=1)
 
 
+def split_prompts(text: str) -> Optional[list[str]]:
+  """`sample.prompts` ("a red circle|a blue square") as a list, None if empty."""
+  prompts = [p.strip() for p in str(text).split("|") if p.strip()]
+  return prompts or None
+
+
+def takes_prompts(spec) -> bool:
+  return any(c.arg == "prompts" for c in spec.conditioning)
+
+
+def grid_layout(spec, sample_config, label_classes: Optional[int] = None):
+  """(labels [rows, per_class], prompts [rows] or None): one row per prompt
+  of `sample.prompts` for a text-to-image model, else one per class (or
+  per `sample.labels`).
+
+  Raises:
+    ValueError: a text-to-image model without `sample.prompts`.
+  """
+  per_class = sample_config.per_class
+  if takes_prompts(spec):
+    prompts = split_prompts(sample_config.prompts)
+    if prompts is None:
+      raise ValueError("a text-to-image model needs sample.prompts "
+                       '("a red circle|a blue square": one grid row each)')
+    return np.zeros((len(prompts), per_class), np.int32), prompts
+  return grid_labels(label_classes or spec.num_classes, per_class,
+                     list(sample_config.labels)), None
+
+
 def _labelled(spec, guide) -> bool:
-  """Whether samples take labels: a class-conditional model, or a guide's target."""
-  return bool(spec.num_classes) or guide is not None
+  """Whether samples take labels: a class-conditional model, or a classifier's target."""
+  return bool(spec.num_classes) or (guide is not None and guide.target.arg == "labels")
 
 
-def _cond(spec, guide, labels, size) -> dict:
+def _cond(spec, guide, labels, size, prompts=None) -> dict:
   given = {"labels": labels} if _labelled(spec, guide) else {}
+  if prompts is not None:
+    given["prompts"] = list(prompts)
   return spec.prepare_cond(given, size, extra=() if guide is None else (guide.target,))
 
 
+def _after(spec, prompts_after, size):
+  return None if prompts_after is None else spec.prepare_after(list(prompts_after), size)
+
+
 def sample_grid(sampler: Sampler, params, settings: SampleSettings, seed: int,
-                labels_grid: np.ndarray, guide=None) -> np.ndarray:
-  """Images [rows, cols, S, S, C] for a [rows, cols] label grid (guided by
-  `guide`, a `guide.ClassifierGuide`, if given)."""
+                labels_grid: np.ndarray, guide=None, prompts=None,
+                prompts_after=None) -> np.ndarray:
+  """Images [rows, cols, S, S, C] for a [rows, cols] label grid, or one row
+  per prompt (guided by `guide`, a classifier or CLIP guide, if given;
+  `prompts_after` [rows], a prompt schedule's later prompts)."""
   spec = sampler.spec
   rows, cols = labels_grid.shape
-  cond = _cond(spec, guide, labels_grid.reshape(-1), rows * cols)
+  per_sample = lambda row_values: [p for p in row_values for _ in range(cols)]  # noqa: E731
+  cond = _cond(spec, guide, labels_grid.reshape(-1), rows * cols,
+               None if prompts is None else per_sample(prompts))
+  after = None if prompts_after is None else _after(spec, per_sample(prompts_after),
+                                                    rows * cols)
   images = sampler.sample(params, jax.random.PRNGKey(seed), cond, settings, rows * cols,
-                          guide)
+                          guide, after)
   return images.reshape((rows, cols) + tuple(spec.image_shape))
 
 
 def write_grid(images: np.ndarray, labels_grid: np.ndarray, path: str | pathlib.Path,
-               row_titles: Optional[Sequence[str]] = None) -> pathlib.Path:
-  """Writes `path`.png (the grid) and `path`.npz (uint8 images and labels)."""
+               row_titles: Optional[Sequence[str]] = None,
+               prompts: Optional[Sequence[str]] = None) -> pathlib.Path:
+  """Writes `path`.png (the grid) and `path`.npz (uint8 images, labels, and
+  the rows' prompts for a text-to-image model)."""
   path = pathlib.Path(path)
   if path.suffix in (".png", ".npz"):
     path = path.with_suffix("")
   path.parent.mkdir(parents=True, exist_ok=True)
   png, npz = path.with_name(path.name + ".png"), path.with_name(path.name + ".npz")
   visualize.image_grid(images, row_titles).save(png)
-  np.savez(npz, images=visualize.to_uint8(images), labels=labels_grid)
+  extra = {} if prompts is None else {"prompts": np.asarray(list(prompts))}
+  np.savez(npz, images=visualize.to_uint8(images), labels=labels_grid, **extra)
   return png
 
 
@@ -70,13 +114,20 @@ def many_labels(num_classes: Optional[int], num: int, seed: int,
   return np.random.default_rng(seed).integers(0, num_classes, num).astype(np.int32)
 
 
+def many_prompts(prompts: Optional[Sequence[str]], num: int) -> Optional[list[str]]:
+  """[num] prompts: `prompts` repeated in turn (None stays None)."""
+  return None if prompts is None else [prompts[i % len(prompts)] for i in range(num)]
+
+
 def sample_many(sampler: Sampler, params, settings: SampleSettings, num: int,
                 batch_size: int, seed: int, labels: Optional[np.ndarray] = None,
-                progress: bool = True, guide=None) -> np.ndarray:
+                progress: bool = True, guide=None,
+                prompts: Optional[Sequence[str]] = None,
+                prompts_after: Optional[Sequence[str]] = None) -> np.ndarray:
   """uint8 images [num, S, S, C], drawn `batch_size` at a time.
 
   Batch i uses the key fold_in(PRNGKey(seed), i), so the same seed, labels
-  and batch size give the same images.
+  (or prompts, [num] each) and batch size give the same images.
   """
   key = jax.random.PRNGKey(seed)
   out = []
@@ -84,14 +135,19 @@ def sample_many(sampler: Sampler, params, settings: SampleSettings, num: int,
                   disable=not progress or jax.process_index() != 0)
   for index, start in enumerate(range(0, num, batch_size)):
     size = min(batch_size, num - start)
-    chunk = None if labels is None else labels[start:start + size]
-    cond = _cond(sampler.spec, guide, chunk, size)
+    chunk = slice(start, start + size)
+    cond = _cond(sampler.spec, guide, _part(labels, chunk), size, _part(prompts, chunk))
+    after = _after(sampler.spec, _part(prompts_after, chunk), size)
     images = sampler.sample(params, jax.random.fold_in(key, index), cond, settings, size,
-                            guide)
+                            guide, after)
     out.append(visualize.to_uint8(images))
     bar.update(size)
   bar.close()
   return np.concatenate(out)
+
+
+def _part(values, chunk: slice):
+  return None if values is None else values[chunk]
 
 
 def write_npz(images: np.ndarray, labels: Optional[np.ndarray],

@@ -9,6 +9,12 @@ names (`sample.use_ema=False`: the raw parameters); the rest of the config's
 `sample` section says how to sample, and `sample.classifier` names a trained
 noisy classifier that guides the samples towards their labels (scale
 `sample.classifier_scale`).
+
+A text-to-image model draws one row (or, with N > 0, every sample in turn)
+per prompt of `sample.prompts` ("a red circle|a blue square");
+`sample.prompts_after` and `sample.switch_at` make a prompt schedule, and
+`sample.clip` names a noised CLIP that guides towards the prompts (scale
+`sample.clip_scale`).
 """
 from __future__ import annotations
 
@@ -37,6 +43,13 @@ def check_sample_config(sample_config, spec: ModelSpec,
   settings.check(spec)
   if sample_config.labels:
     outputs.grid_labels(label_classes or spec.num_classes, 1, list(sample_config.labels))
+  prompts = outputs.grid_layout(spec, sample_config, label_classes)[1]
+  after = outputs.split_prompts(sample_config.get("prompts_after", ""))
+  if after is not None:
+    spec.prepare_after(after, len(after))
+    if len(after) != len(prompts):
+      raise ValueError(f"sample.prompts_after has {len(after)} prompts, sample.prompts "
+                       f"{len(prompts)}: give one later prompt per prompt")
   if sample_config.num_samples < 0 or sample_config.batch_size < 1:
     raise ValueError("sample.num_samples must be >= 0 and sample.batch_size >= 1")
   return settings
@@ -53,28 +66,41 @@ def row_titles(data_config, num_classes, labels_grid, image_size: int):
 @dataclasses.dataclass
 class _Request:
   """What sample mode draws with: the model, its weights on the mesh, the
-  sampler, the settings, and the classifier guide (None without one)."""
+  sampler, the settings, and the classifier or CLIP guide (None without one)."""
   bundle: loading.Bundle
   params: Any
   sampler: Sampler
   settings: SampleSettings
-  guide: Optional[guide_lib.ClassifierGuide]
+  guide: Any
 
   @property
   def label_classes(self) -> Optional[int]:
-    """The classes labels index: the model's, or else the guide's."""
+    """The classes labels index: the model's, or else a classifier guide's."""
     if self.bundle.spec.num_classes:
       return self.bundle.spec.num_classes
-    return None if self.guide is None else self.guide.spec.num_classes
-
-
-def _guide(sample_config, bundle, mesh) -> Optional[guide_lib.ClassifierGuide]:
-  """`sample.classifier` as a checked guide, its weights on the mesh."""
-  if not sample_config.classifier:
+    if isinstance(self.guide, guide_lib.ClassifierGuide):
+      return self.guide.spec.num_classes
     return None
-  classifier = loading.load(sample_config.classifier, kind="classifier")
-  guide = guide_lib.make_guide(bundle, classifier, sample_config.classifier_scale)
-  logging.info("classifier guidance: %s at scale %g", classifier, guide.scale)
+
+
+def _guide(sample_config, bundle, mesh):
+  """`sample.classifier` or `sample.clip` as a checked guide, its weights on
+  the mesh; None without either."""
+  clip_path = sample_config.get("clip", "")
+  if sample_config.classifier and clip_path:
+    raise ValueError("set sample.classifier or sample.clip, not both")
+  if sample_config.classifier:
+    guiding = loading.load(sample_config.classifier, kind="classifier")
+    guide = guide_lib.make_guide(bundle, guiding, sample_config.classifier_scale)
+  elif clip_path:
+    if outputs.split_prompts(sample_config.get("prompts_after", "")):
+      raise ValueError("a prompt schedule (sample.prompts_after) with CLIP guidance is "
+                       "not supported: the CLIP would guide towards the first prompts only")
+    guiding = loading.load(clip_path, kind="clip")
+    guide = guide_lib.make_clip_guide(bundle, guiding, sample_config.clip_scale)
+  else:
+    return None
+  logging.info("guidance by %s at scale %g", guiding, guide.scale)
   return dataclasses.replace(guide, params=parallel.replicate(guide.params, mesh))
 
 
@@ -84,10 +110,10 @@ def run(config, workdir: str, mesh=None) -> pathlib.Path:
   bundle = loading.load(workdir, loading.ema_choice(config.sample), kind="diffusion")
   mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
   guide = _guide(config.sample, bundle, mesh)
-  label_classes = bundle.spec.num_classes or (guide.spec.num_classes if guide else None)
-  settings = check_sample_config(config.sample, bundle.spec, label_classes)
-  request = _Request(bundle, parallel.replicate(bundle.params, mesh),  # once, not per batch
-                     Sampler(bundle.spec, mesh), settings, guide)
+  request = _Request(bundle, None, Sampler(bundle.spec, mesh), None, guide)
+  request.settings = check_sample_config(config.sample, bundle.spec, request.label_classes)
+  request.params = parallel.replicate(bundle.params, mesh)  # once, not per batch
+  settings = request.settings
   logging.info("sampling %s with %s", bundle, settings)
   if config.sample.num_samples:
     return _write_many(config.sample, request, workdir)
@@ -96,11 +122,15 @@ def run(config, workdir: str, mesh=None) -> pathlib.Path:
 
 def _write_many(sample_config, request: _Request, workdir) -> pathlib.Path:
   num = int(sample_config.num_samples)
+  spec = request.bundle.spec
   labels = outputs.many_labels(request.label_classes, num, sample_config.seed,
                                list(sample_config.labels))
+  prompts = outputs.grid_layout(spec, sample_config, request.label_classes)[1]
+  after = outputs.split_prompts(sample_config.get("prompts_after", ""))
   images = outputs.sample_many(request.sampler, request.params, request.settings, num,
                                int(sample_config.batch_size), sample_config.seed, labels,
-                               guide=request.guide)
+                               guide=request.guide, prompts=outputs.many_prompts(prompts, num),
+                               prompts_after=outputs.many_prompts(after, num))
   shape = "x".join(str(s) for s in images.shape)
   path = pathlib.Path(sample_config.output or
                       pathlib.Path(workdir) / "samples" / f"samples_{shape}.npz")
@@ -111,14 +141,16 @@ def _write_many(sample_config, request: _Request, workdir) -> pathlib.Path:
 
 def _write_grid(sample_config, request: _Request, workdir) -> pathlib.Path:
   bundle = request.bundle
-  labels = outputs.grid_labels(request.label_classes, sample_config.per_class,
-                               list(sample_config.labels))
+  labels, prompts = outputs.grid_layout(bundle.spec, sample_config, request.label_classes)
+  after = outputs.split_prompts(sample_config.get("prompts_after", ""))
   images = outputs.sample_grid(request.sampler, request.params, request.settings,
-                               sample_config.seed, labels, request.guide)
+                               sample_config.seed, labels, request.guide, prompts, after)
   path = pathlib.Path(sample_config.output or
                       pathlib.Path(workdir) / "samples" / f"sampled_{bundle.step:06d}")
   if jax.process_index() != 0:
     return path.with_suffix(".png")
-  titles = row_titles(bundle.config.data, request.label_classes, labels,
-                      bundle.info.image_size)
-  return outputs.write_grid(images, labels, path, titles)
+  titles = prompts or row_titles(bundle.config.data, request.label_classes, labels,
+                                 bundle.info.image_size)
+  if prompts and after:
+    titles = [f"{p} -> {a}" for p, a in zip(prompts, after)]
+  return outputs.write_grid(images, labels, path, titles, prompts)

@@ -30,12 +30,15 @@ class SampleSettings:
     guidance_scale: classifier-free guidance, GLIDE's s (1: off); needs a
       model trained with condition dropout.
     clip_denoised: clip each predicted x_0 to [-1, 1].
+    switch_at: with a prompt schedule, the fraction of the steps (from
+      t = T) drawn with the first prompts; the rest use `prompts_after`.
   """
   method: str = "ddim"
   steps: str = "50"
   eta: float = 0.0
   guidance_scale: float = 1.0
   clip_denoised: bool = True
+  switch_at: float = 1.0
 
   @classmethod
   def names(cls) -> tuple:
@@ -52,10 +55,11 @@ class SampleSettings:
     if unknown:
       raise ValueError(f"unknown sample setting {unknown[0]!r}; the settings are "
                        f"{', '.join(cls.names())}")
-    values = {name: sample_config[name] for name in cls.names()}
+    values = {name: sample_config.get(name, getattr(cls, name)) for name in cls.names()}
     values.update(overrides)
     return cls(str(values["method"]), str(values["steps"]), float(values["eta"]),
-               float(values["guidance_scale"]), bool(values["clip_denoised"]))
+               float(values["guidance_scale"]), bool(values["clip_denoised"]),
+               float(values["switch_at"]))
 
   def check(self, spec: ModelSpec) -> None:
     """Raises a one-line ValueError for settings this model cannot sample with."""
@@ -71,6 +75,17 @@ class SampleSettings:
     if self.guidance_scale != 1.0 and spec.null_cond(1) is None:
       raise ValueError("sample.guidance_scale != 1 needs a model trained with "
                        "train.label_dropout > 0 (a null class for classifier-free guidance)")
+    if not 0.0 <= self.switch_at <= 1.0:
+      raise ValueError(f"sample.switch_at must be in [0, 1], got {self.switch_at}")
+
+  def switch_timestep(self, fast: schedules.Schedule) -> int:
+    """The original timestep from which on (t below it) `prompts_after` is
+    used: the first round(switch_at * steps) steps from t = T use the first."""
+    steps = fast.num_timesteps
+    first = round(self.switch_at * steps)
+    if first == 0:
+      return np.iinfo(np.int32).max  # every step uses prompts_after
+    return int(np.asarray(fast.timesteps)[steps - first])
 
 
 class Sampler:
@@ -89,28 +104,35 @@ class Sampler:
 
   def sample(self, params, rng: jax.Array, cond: Mapping[str, np.ndarray],
              settings: SampleSettings, batch_size: Optional[int] = None,
-             guide=None) -> np.ndarray:
+             guide=None, cond_after: Optional[Mapping[str, np.ndarray]] = None
+             ) -> np.ndarray:
     """Images float32 [B, S, S, C] in [-1, 1].
 
     Args:
       params: the network's parameters.
       rng: a PRNG key; the samples are a pure function of it.
       cond: prepared conditioning (`spec.prepare_cond`), [B, ...] each; with
-        a guide, its target labels too ("y").
+        a guide, its targets too ("y", or a CLIP's caption tokens).
       settings: how to sample (checked here).
       batch_size: B when `cond` is empty (an unconditional model).
-      guide: a `guide.ClassifierGuide`, or None. Its parameters and scale
-        are arguments of the compiled program.
+      guide: a `guide.ClassifierGuide` or `guide.ClipGuide`, or None. Its
+        parameters and scale are arguments of the compiled program.
+      cond_after: a prompt schedule's second conditioning (the model's own
+        inputs, [B, ...]), used from `settings.switch_at` on.
     """
     settings.check(self.spec)
     batch = _batch_size(cond, batch_size)
+    if cond_after is not None and _batch_size(cond_after, batch) != batch:
+      raise ValueError("prompts_after must give one prompt per sample, as prompts")
     padded = self._padded(batch)
     guide_spec = None if guide is None else guide.spec
-    key = ("sample", settings, padded, guide_spec)
-    fn = self._program(key, lambda: self._build_sample(settings, padded, guide))
-    guide_args = () if guide is None else (self._placed(guide.params),
-                                           np.float32(guide.scale))
-    images = fn(self._placed(params), _raw_key(rng), _pad(cond, padded), *guide_args)
+    key = ("sample", settings, padded, guide_spec, cond_after is None)
+    fn = self._program(key, lambda: self._build_sample(settings, padded, guide,
+                                                       cond_after is not None))
+    guide_args = ((None, None) if guide is None else
+                  (self._placed(guide.params), np.float32(guide.scale)))
+    after = None if cond_after is None else _pad(cond_after, padded)
+    images = fn(self._placed(params), _raw_key(rng), _pad(cond, padded), after, *guide_args)
     return np.asarray(images)[:batch]
 
   def encode(self, params, x0: np.ndarray, cond: Mapping[str, np.ndarray],
@@ -141,9 +163,9 @@ class Sampler:
     return platform.jit(fn, out_shardings=parallel.replicated(self.mesh))
 
   def _model_fn(self, params):
-    """The network as `model_fn(x, t, **cond)`, given only its own inputs
-    (guidance targets in `cond` go to the guide alone)."""
-    keys = self.spec.cond_keys
+    """The network as `model_fn(x, t, **cond)`, given only its own (encoded)
+    inputs (guidance targets in `cond` go to the guide alone)."""
+    keys = self.spec.encoded_keys
 
     def model_fn(x, t, **cond):
       return self.spec.apply(params, x, t, **{k: v for k, v in cond.items() if k in keys})
@@ -152,17 +174,27 @@ class Sampler:
   def _batch_sharding(self):
     return None if self.mesh is None else parallel.batch_sharding(self.mesh)
 
-  def _build_sample(self, settings: SampleSettings, batch: int, guide):
+  def _build_sample(self, settings: SampleSettings, batch: int, guide, scheduled: bool):
     spec = self.spec
     fast = schedules.respace(spec.schedule, settings.steps)
     shape = (batch,) + tuple(spec.image_shape)
     null = spec.null_cond(1) if settings.guidance_scale != 1.0 else None
+    switch_t = settings.switch_timestep(fast)
 
-    def sample_fn(params, rng, cond, guide_params=None, guide_scale=None):
+    def sample_fn(params, rng, cond, cond_after, guide_params, guide_scale):
+      # Text is encoded here, once per call, not at every step.
+      cond = spec.encode_cond(params, cond)
       model_fn = self._model_fn(params)
       if null is not None:
-        model_fn = guidance.classifier_free(model_fn, settings.guidance_scale, null)
-      cond_fn = None if guide is None else guide.cond_fn(guide_params, guide_scale)
+        model_fn = guidance.classifier_free(model_fn, settings.guidance_scale,
+                                            spec.encode_cond(params, null))
+      if scheduled:
+        model_fn = guidance.switched(model_fn, switch_t,
+                                     spec.encode_cond(params, cond_after))
+      cond_fn = None
+      if guide is not None:
+        cond = guide.encode_cond(guide_params, cond)
+        cond_fn = guide.cond_fn(guide_params, guide_scale)
       return sampling.sample(model_fn, fast, shape, rng, method=settings.method,
                              eta=settings.eta, clip_denoised=settings.clip_denoised,
                              parameterization=spec.parameterization,
@@ -175,6 +207,7 @@ class Sampler:
     fast = schedules.respace(spec.schedule, steps)
 
     def encode_fn(params, x0, cond):
+      cond = spec.encode_cond(params, cond)
       return sampling.ddim_encode(self._model_fn(params), fast, x0,
                                   parameterization=spec.parameterization,
                                   variance=spec.variance, sharding=self._batch_sharding(),

@@ -59,13 +59,16 @@ class ModelSpec:
     size = "x".join(str(s) for s in self.image_shape[:2])
     classes = f" of {self.num_classes} classes" if self.num_classes else ""
     what = {"diffusion": "diffusion model", "classifier": "noisy classifier",
-            "evaluator": "clean-image evaluator"}[self.kind]
+            "evaluator": "clean-image evaluator", "clip": "noised CLIP"}[self.kind]
+    if self.kind == "diffusion" and self.cond_keys == ("tokens", "mask"):
+      what = "text-to-image diffusion model"
     return f"a {size} {what}{classes}"
 
   def init_params(self, rng: jax.Array) -> Any:
     x = jnp.zeros((1,) + tuple(self.image_shape), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
-    return self.model.init(rng, x, t, **self.placeholder_cond(1))["params"]
+    inputs = [c for c in self.conditioning + self.targets if hasattr(c, "placeholder")]
+    return self.model.init(rng, x, t, **_merged(c.placeholder(1) for c in inputs))["params"]
 
   def apply(self, params, x, t, **kwargs):
     """The network: [B, S, S, C] x_t at original timesteps t [B] -> output."""
@@ -75,11 +78,23 @@ class ModelSpec:
 
   @property
   def cond_keys(self) -> tuple:
-    """The model keyword arguments its conditioning supplies ("y")."""
+    """The model keyword arguments its prepared conditioning holds ("y", "tokens")."""
     return tuple(k for c in self.conditioning for k in c.keys)
 
-  def placeholder_cond(self, batch_size: int) -> dict:
-    return _merged(c.placeholder(batch_size) for c in self.conditioning)
+  @property
+  def encoded_keys(self) -> tuple:
+    """The model keyword arguments after `encode_cond` ("y", "xf_proj")."""
+    return tuple(k for c in self.conditioning for k in getattr(c, "encoded_keys", c.keys))
+
+  def encode_cond(self, params, cond: Mapping[str, Any]) -> dict:
+    """`cond` with each input the network encodes once per call (a caption)
+    replaced by its encoding; everything else passed through (traced)."""
+    out = dict(cond)
+    for c in self.conditioning:
+      if hasattr(c, "encode") and all(k in cond for k in c.keys):
+        values = {k: out.pop(k) for k in c.keys}
+        out.update(c.encode(self.model, params, values))
+    return out
 
   def example_fn(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """A dataset example's model inputs and targets beyond the image."""
@@ -118,23 +133,38 @@ class ModelSpec:
         bad value.
     """
     given = {k: v for k, v in given.items() if v is not None}
-    args = {c.arg: c for c in extra}
-    args.update({c.arg: c for c in self.conditioning})
+    # Every declaration of an argument prepares it (a model's caption and a
+    # CLIP guide's both read `prompts`); the model's wins on shared keys.
+    inputs = list(extra) + list(self.conditioning)
+    args = sorted({c.arg for c in inputs})
     unknown = sorted(set(given) - set(args))
     if unknown:
-      takes = f"takes {', '.join(sorted(args))}" if args else "takes no conditioning"
+      takes = f"takes {', '.join(args)}" if args else "takes no conditioning"
       raise ValueError(f"{self.describe()} {takes}; got {', '.join(unknown)}")
     prepared = {}
-    for arg, inp in args.items():
-      if arg in given:
-        prepared.update(inp.prepare(given[arg], batch_size))
+    for inp in inputs:
+      if inp.arg in given:
+        prepared.update(inp.prepare(given[inp.arg], batch_size))
     batch_size = batch_size or cond_lib.batch_size_of(prepared)
-    for arg, inp in args.items():
-      if arg not in given:
+    for inp in inputs:
+      if inp.arg not in given:
         if rng is None or batch_size is None:
-          raise ValueError(f"{self.describe()} needs {arg}")
+          raise ValueError(f"{self.describe()} needs {inp.arg}")
         prepared.update(inp.default(batch_size, rng))
     return prepared
+
+
+  def prepare_after(self, prompts, batch_size: int) -> dict[str, np.ndarray]:
+    """A prompt schedule's later prompts, as the caption's model arrays.
+
+    Raises:
+      ValueError: this model takes no prompts, or a bad prompt list.
+    """
+    captions = [c for c in self.conditioning if isinstance(c, cond_lib.Caption)]
+    if not captions:
+      raise ValueError(f"{self.describe()} takes no prompts; a prompt schedule "
+                       "(prompts_after) needs a text-to-image model")
+    return captions[0].prepare(prompts, batch_size)
 
 
 def _merged(parts) -> dict:
@@ -167,6 +197,11 @@ def _diffusion_spec(config, info: DatasetInfo) -> ModelSpec:
     inputs.append(cond_lib.ClassLabel(num_classes, null_label))
   table = (factory.label_table_size(num_classes, inputs[0].null_label is not None)
            if num_classes else None)
+  if config.model.get("text_ctx"):
+    if not info.captions:
+      raise ValueError(f"model.text_ctx > 0 makes a text-to-image model, which needs "
+                       f"captions; {config.data.name!r} has none")
+    inputs.append(cond_lib.Caption(config.model.text_ctx))
   model = factory.make_unet(config.model, info.channels, table)
   return ModelSpec("diffusion", model, _schedule(config), _image_shape(info), tuple(inputs),
                    parameterization=config.diffusion.parameterization,
@@ -192,10 +227,19 @@ def _evaluator_spec(config, info: DatasetInfo) -> ModelSpec:
                    num_classes=info.num_classes)
 
 
+def _clip_spec(config, info: DatasetInfo) -> ModelSpec:
+  if not info.captions:
+    raise ValueError(f"a CLIP needs captions; {config.data.name!r} has none")
+  schedule = _schedule(config)
+  model = factory.make_clip(config.model, info.image_size, schedule.num_timesteps)
+  return ModelSpec("clip", model, schedule, _image_shape(info),
+                   targets=(cond_lib.ClipCaption(model.spec.text_ctx),))
+
+
 # Model kinds: config.task -> builder of its spec.
 KINDS: dict[str, Callable[[Any, DatasetInfo], ModelSpec]] = {
     "diffusion": _diffusion_spec, "classifier": _classifier_spec,
-    "evaluator": _evaluator_spec}
+    "evaluator": _evaluator_spec, "clip": _clip_spec}
 
 
 def make_spec(config, info: DatasetInfo) -> ModelSpec:

@@ -4,8 +4,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from diffusion_jax.models.classifier import NoisyClassifier
+from diffusion_jax.models.clip import ClipSpec, NoisedClip
 from diffusion_jax.models.evaluator import Evaluator
+from diffusion_jax.models.text import TextSpec
 from diffusion_jax.models.unet import UNet
+from diffusion_jax.text import tokenizer as tok_lib
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -44,7 +47,39 @@ def make_unet(model_config, image_channels: int, label_table: int | None) -> UNe
       for a model without class labels.
   """
   out = image_channels * (2 if model_config.learn_sigma else 1)
-  return UNet(out_channels=out, num_classes=label_table, **_common(model_config))
+  return UNet(out_channels=out, num_classes=label_table, text=text_spec(model_config),
+              **_common(model_config))
+
+
+def text_spec(model_config) -> TextSpec | None:
+  """GLIDE's text model of `config.model` (None when `text_ctx` is 0)."""
+  if not model_config.get("text_ctx"):
+    return None
+  if model_config.xf_width % model_config.xf_heads:
+    raise ValueError(f"model.xf_width {model_config.xf_width} does not split into "
+                     f"{model_config.xf_heads} heads (model.xf_heads)")
+  return TextSpec(tok_lib.GPT2_VOCAB, model_config.text_ctx, model_config.xf_width,
+                  model_config.xf_layers, model_config.xf_heads,
+                  model_config.xf_final_ln, model_config.xf_padding)
+
+
+def clip_spec(model_config, image_size: int, num_timesteps: int) -> ClipSpec:
+  """The noised CLIP of `config.model.clip` for images of `image_size`."""
+  c = model_config.clip
+  if image_size % c.patch_size:
+    raise ValueError(f"model.clip.patch_size {c.patch_size} does not divide the "
+                     f"image size {image_size}")
+  for tower in ("text", "image"):
+    if c[f"{tower}_width"] % c[f"{tower}_heads"]:
+      raise ValueError(f"model.clip.{tower}_width does not split into "
+                       f"model.clip.{tower}_heads heads")
+  return ClipSpec(65536, c.text_ctx, c.text_width, c.text_layers, c.text_heads, image_size,
+                  c.patch_size, c.image_width, c.image_layers, c.image_heads, num_timesteps,
+                  c.embed_dim)
+
+
+def make_clip(model_config, image_size: int, num_timesteps: int) -> NoisedClip:
+  return NoisedClip(clip_spec(model_config, image_size, num_timesteps))
 
 
 def make_classifier(model_config, num_classes: int) -> NoisyClassifier:

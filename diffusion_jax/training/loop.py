@@ -156,15 +156,15 @@ class _Run:
     sample = self.config.sample
     field = loading.weights_field(self.config, loading.ema_choice(sample))
     params = state_lib.weights(self.state, field)
-    labels = outputs.grid_labels(self.task.spec.num_classes, sample.per_class,
-                                 list(sample.labels))
-    images = outputs.sample_grid(self.sampler, params, self.settings, sample.seed, labels)
+    labels, prompts = outputs.grid_layout(self.task.spec, sample)
+    images = outputs.sample_grid(self.sampler, params, self.settings, sample.seed, labels,
+                                 prompts=prompts)
     if jax.process_index() != 0:
       return None
-    titles = sample_mode.row_titles(self.config.data, self.task.spec.num_classes,
-                                    labels, self.data.info.image_size)
+    titles = prompts or sample_mode.row_titles(self.config.data, self.task.spec.num_classes,
+                                               labels, self.data.info.image_size)
     path = outputs.write_grid(images, labels, self.workdir / "samples" / f"step_{step:06d}",
-                              titles)
+                              titles, prompts)
     from PIL import Image
     self.writer.write_image(step, "samples", np.asarray(Image.open(path).convert("RGB")))
     logging.info("wrote %s", path)

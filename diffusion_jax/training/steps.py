@@ -17,6 +17,7 @@ import optax
 
 from diffusion_jax import diffusion
 from diffusion_jax.inference.spec import ModelSpec
+from diffusion_jax.models import clip as clip_lib
 from diffusion_jax.training.state import TrainState
 
 TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
@@ -127,6 +128,40 @@ def make_evaluator_step(spec: ModelSpec, optimizer: optax.GradientTransformation
     metrics.update({f"accuracy_{n}": jnp.mean(jnp.argmax(out[n], -1) == batch[n])
                     for n in names})
     return loss, (metrics, jnp.zeros(x0.shape[:1], jnp.int32), per_example)
+
+  return _make_step(loss_fn, optimizer, ema_warmup)
+
+
+def make_clip_step(spec: ModelSpec, optimizer: optax.GradientTransformation, *,
+                   ema_warmup: bool = True) -> Callable:
+  """The noised CLIP's contrastive step: x_t = q_sample(x_0, t), t uniform,
+  against the batch's captions.
+
+  Logits are exp(logit_scale) (fixed at 100, the scale guidance uses) times
+  the cosine similarities. Captions repeat in a batch (many scenes share
+  one), so every image whose caption is the same is a positive: each row's
+  target spreads evenly over its matches, in both directions.
+  """
+  schedule = spec.schedule
+
+  def loss_fn(params, batch, rng, history):
+    del history
+    x0, tokens = batch["image"], batch["clip_tokens"]
+    t_rng, noise_rng = jax.random.split(rng)
+    t, _ = diffusion.sample_timesteps(t_rng, x0.shape[0], schedule.num_timesteps)
+    x_t = diffusion.q_sample(schedule, x0, t,
+                             jax.random.normal(noise_rng, x0.shape, jnp.float32))
+    z_image, z_text = spec.apply(params, x_t, t, clip_tokens=tokens,
+                                 clip_lens=batch["clip_lens"])
+    logits = jnp.exp(clip_lib.LOGIT_SCALE) * (
+        clip_lib.normalize(z_image) @ clip_lib.normalize(z_text).T)  # [B, B]
+    same = jnp.all(tokens[:, None] == tokens[None], axis=-1).astype(jnp.float32)
+    targets = same / jnp.sum(same, axis=-1, keepdims=True)  # symmetric matches
+    losses = 0.5 * (optax.softmax_cross_entropy(logits, targets)
+                    + optax.softmax_cross_entropy(logits.T, targets))
+    hit = jnp.take_along_axis(same, jnp.argmax(logits, -1)[:, None], axis=-1)[:, 0]
+    loss = jnp.mean(losses)
+    return loss, ({"loss": loss, "accuracy": jnp.mean(hit)}, t, losses)
 
   return _make_step(loss_fn, optimizer, ema_warmup)
 

@@ -73,9 +73,13 @@ def _evaluator_step(spec: ModelSpec, optimizer, config):
   return steps.make_evaluator_step(spec, optimizer, ema_warmup=config.train.ema_warmup), None
 
 
+def _clip_step(spec: ModelSpec, optimizer, config):
+  return steps.make_clip_step(spec, optimizer, ema_warmup=config.train.ema_warmup), None
+
+
 # Model kind -> its train step builder (the kinds are `inference.spec.KINDS`).
 STEP_BUILDERS = {"diffusion": _diffusion_step, "classifier": _classifier_step,
-                 "evaluator": _evaluator_step}
+                 "evaluator": _evaluator_step, "clip": _clip_step}
 
 
 def make_task(config, info: DatasetInfo) -> TrainTask:

@@ -1,0 +1,89 @@
+"""Text to image on `shapes`: GLIDE's text-conditional UNet trained on the
+dataset's captions ("a small blue square at the top"), with 20% of them
+dropped to the empty prompt, as GLIDE, so that classifier-free guidance
+works. Sampling defaults are the GLIDE notebook's: guidance scale 3, 100
+steps.
+
+The default is sized for a CPU: 16x16 scenes of one object, whose captions
+name its shape, color, and often its size and place (docs/text2im.md says
+what training took). `:32` is the GPU size: 32x32 scenes of two objects,
+whose captions add a relation ("a red circle above a small blue square").
+`:quick` runs in seconds (tests).
+
+    python -m diffusion_jax.main --mode=train --config=configs/shapes_text2im.py \
+        --workdir=runs/text2im
+    python -m diffusion_jax.main --mode=sample --workdir=runs/text2im \
+        --config.sample.prompts="a red circle|a small blue square at the top"
+"""
+from diffusion_jax import config_lib
+
+PROMPTS = ("a red circle", "a small blue square at the top",
+           "a large green triangle in the bottom left", "a yellow circle on the right",
+           "a large magenta square in the center", "a small cyan triangle at the bottom")
+PROMPTS_32 = ("a red circle above a blue square",
+              "a large green triangle to the left of a small yellow circle",
+              "a blue square below a small magenta triangle",
+              "a large cyan circle and a small red square",
+              "a yellow triangle to the right of a green square",
+              "a large magenta square above a small cyan triangle")
+
+
+def get_config(arg: str = ""):
+  c = config_lib.base_config()
+  c.data.name = "shapes/one_object_16"
+  c.data.batch_size = 64
+  c.model.class_conditional = False
+  c.model.channels = 32
+  c.model.channel_mult = (1, 2, 2)
+  c.model.num_res_blocks = 1
+  c.model.attention_resolutions = (8,)
+  c.model.text_ctx = 16  # GPT-2 tokens; the longest one-object caption has 12
+  c.model.xf_width = 64
+  c.model.xf_layers = 2
+  c.model.xf_heads = 4
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 50
+  c.train.num_steps = 3000
+  c.train.log_every = 50
+  c.train.checkpoint_every = 500
+  c.train.label_dropout = 0.2  # GLIDE drops 20% of the captions
+  c.train.ema_rates = (0.995,)
+  c.sample.ema_rate = 0.995
+  c.sample.method = "ddpm"
+  c.sample.steps = "100"
+  c.sample.guidance_scale = 3.0
+  c.sample.per_class = 8
+  c.sample.prompts = "|".join(PROMPTS)
+  chosen = config_lib.variants(arg, ("quick", "32"))
+  if "32" in chosen:
+    _two_objects_32(c)
+  if "quick" in chosen:
+    config_lib.quick(c)
+    c.model.xf_width = 16
+    c.model.xf_layers = 1
+    c.model.xf_heads = 2
+    c.model.num_heads = 2
+    c.sample.prompts = "a red circle|a blue square"
+  return c
+
+
+def _two_objects_32(c) -> None:
+  """The GPU size: two objects and their relation, learned sigma, ADM-like widths."""
+  c.data.name = "shapes/two_objects_32"
+  c.data.batch_size = 128
+  c.model.channels = 128
+  c.model.channel_mult = (1, 2, 2, 2)
+  c.model.num_res_blocks = 2
+  c.model.attention_resolutions = (16, 8)
+  c.model.num_head_channels = 64
+  c.model.learn_sigma = True
+  c.model.text_ctx = 24  # the longest two-object caption has 18 tokens
+  c.model.xf_width = 256
+  c.model.xf_layers = 4
+  c.model.xf_heads = 4
+  c.optim.lr = 1e-4
+  c.optim.warmup_steps = 1000
+  c.train.num_steps = 100_000
+  c.train.ema_rates = (0.9999,)
+  c.sample.ema_rate = 0.9999
+  c.sample.prompts = "|".join(PROMPTS_32)
