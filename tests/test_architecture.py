@@ -13,7 +13,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "diffusion_jax"
 
 # Lowest first. A unit is a top-level module or a subpackage of diffusion_jax.
 FLOORS = (
-    ("platform", "validation", "visualize", "schedules", "parallel"),  # foundations
+    ("platform", "validation", "visualize", "schedules", "parallel",  # foundations
+     "text"),  # tokenizers
     ("diffusion", "oracles", "guidance", "sampling"),  # the math, pure functions
     ("models", "data", "checkpoint", "config_lib"),  # networks, datasets, storage
     ("inference",),  # a trained model: spec, loading, sampler, sample files

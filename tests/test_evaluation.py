@@ -106,3 +106,33 @@ def test_judge_rates_real_scenes_faithful_and_diverse_and_copies_not_diverse():
   assert copies["accuracy"] == pytest.approx(2 / 36)
   assert copies["feature_distance"] == pytest.approx(0, abs=1e-3)
   assert copies["spread_position"] == copies["spread_size"] == 0
+
+
+def test_parse_caption_names_what_the_renderer_drew():
+  for i in range(300):
+    scene = shapes.render_example(FRESH_SEED, i)
+    named = shapes.parse_caption(scene["caption"])
+    assert {"shape", "color"} <= set(named)
+    assert all(scene[k] == v for k, v in named.items()), scene["caption"]
+  assert shapes.parse_caption("a red circle") == {"shape": 0, "color": 0}
+  with pytest.raises(ValueError, match="not a one-object caption"):
+    shapes.parse_caption("a red circle above a blue square")
+
+
+def test_judge_captions_against_the_scenes_own_and_swapped_captions():
+  scenes = [shapes.render_example(FRESH_SEED, i) for i in range(120)]
+  images = np.stack([s["image"] for s in scenes])
+  named = [shapes.parse_caption(s["caption"]) for s in scenes]
+  evaluator = evaluation.load_evaluator("shapes16")
+  own = metrics.judge_captions(evaluator, images, named, np.arange(120) // 4)
+  assert own["caption_accuracy"] > 0.95 and own["accuracy_color"] > 0.95
+  # Every caption moved to the next scene: right only where two neighbours
+  # happen to agree on everything named (1/18 at most for shape and color).
+  swapped = metrics.judge_captions(evaluator, images, named[1:] + named[:1],
+                                   np.arange(120) // 4)
+  assert swapped["caption_accuracy"] < 0.15
+  assert own["feature_distance"] == swapped["feature_distance"]  # diversity: the images'
+  copies = metrics.judge_captions(evaluator, np.repeat(images[:1], 8, 0), named[:1] * 8,
+                                  np.zeros(8, int))
+  assert copies["caption_accuracy"] == 1
+  assert copies["feature_distance"] == pytest.approx(0, abs=1e-3)

@@ -108,6 +108,29 @@ def label_name(label: int) -> str:
   return f"{COLORS[color]} {SHAPES[shape]}"
 
 
+def parse_caption(caption: str) -> dict[str, int]:
+  """The attributes a one-object caption names: {"shape", "color"} always,
+  "size" and "position" when it says them ("a small red circle at the top").
+
+  Raises:
+    ValueError: a caption that names no single shape and color (two objects,
+      or free text).
+  """
+  words = caption.lower().replace(",", " ").split()
+  named = {}
+  for attribute, values in (("shape", SHAPES), ("color", COLORS), ("size", SIZES)):
+    found = [i for i, value in enumerate(values) if value in words]
+    if len(found) > 1 or (not found and attribute != "size"):
+      raise ValueError(f"{caption!r} does not name one {attribute}: not a one-object caption")
+    if found:
+      named[attribute] = found[0]
+  text = " ".join(words)
+  places = [i for i, where in enumerate(_WHERE) if where in text]
+  if places:
+    named["position"] = places[0]
+  return named
+
+
 def _sample_object(rng: np.random.Generator, size: int, position: int) -> _Object:
   shape, color = int(rng.integers(len(SHAPES))), int(rng.integers(len(COLORS)))
   offset = rng.uniform(-_JITTER[size], _JITTER[size], 2)

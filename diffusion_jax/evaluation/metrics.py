@@ -9,12 +9,15 @@
   and position): the entropy of the predicted values within a class, over
   the largest entropy possible (0: always the same value; 1: uniform).
 
-`judge(evaluator, images, labels)` gathers them in one dict. A guided model
-is judged by an evaluator, never by the classifier that guided it.
+`judge(evaluator, images, labels)` gathers them in one dict;
+`judge_captions(evaluator, images, named, prompt_ids)` does the same for a
+text-to-image model's samples, against what each caption names. A guided
+model is judged by an evaluator, never by the classifier (or CLIP) that
+guided it.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -103,4 +106,42 @@ def judge(evaluator, images: np.ndarray, labels: np.ndarray) -> dict:
   result["feature_distance"] = mean_pairwise_distance(outputs[evaluator_lib.FEATURES], labels)
   spread = attribute_spread(predictions, labels, free_attributes(evaluator))
   result.update({f"spread_{k}": v for k, v in spread.items()})
+  return result
+
+
+def judge_captions(evaluator, images: np.ndarray, named: Sequence[Mapping[str, int]],
+                   prompt_ids: np.ndarray) -> dict:
+  """Fidelity and diversity of images asked to show captions.
+
+  Args:
+    evaluator: a clean-image evaluator of the captions' attributes.
+    images: [N, S, S, C] samples.
+    named: for each sample, the attributes its caption names, as values
+      (`shapes.parse_caption`).
+    prompt_ids: [N] which prompt each sample was drawn for.
+
+  Returns:
+    {"caption_accuracy": how often the evaluator sees every named attribute,
+     "accuracy_<attr>": over the samples whose caption names it,
+     "feature_distance": mean within-prompt pairwise feature distance,
+     "spread_<attr>": normalized within-prompt entropy of each attribute,
+     over the prompts that leave it free}.
+  """
+  outputs = evaluator_lib.outputs(evaluator, images)
+  predictions = evaluator_lib.argmax_heads(outputs)
+  hits = [all(predictions[k][i] == v for k, v in n.items()) for i, n in enumerate(named)]
+  result = {"caption_accuracy": float(np.mean(hits))}
+  for attribute in sorted({k for n in named for k in n}):
+    which = [i for i, n in enumerate(named) if attribute in n]
+    result[f"accuracy_{attribute}"] = float(np.mean(
+        [predictions[attribute][i] == named[i][attribute] for i in which]))
+  prompt_ids = np.asarray(prompt_ids)
+  result["feature_distance"] = mean_pairwise_distance(outputs[evaluator_lib.FEATURES],
+                                                      prompt_ids)
+  sizes = dict(evaluator.spec.model.attributes)
+  for attribute in ("size", "position"):
+    free = [g for g in _groups(prompt_ids) if attribute not in named[g[0]]]
+    if free and attribute in predictions:
+      result[f"spread_{attribute}"] = float(np.mean(
+          [normalized_entropy(predictions[attribute][g], sizes[attribute]) for g in free]))
   return result

@@ -44,6 +44,8 @@ def check_sample_config(sample_config, spec: ModelSpec,
   if sample_config.labels:
     outputs.grid_labels(label_classes or spec.num_classes, 1, list(sample_config.labels))
   prompts = outputs.grid_layout(spec, sample_config, label_classes)[1]
+  if prompts is None and outputs.split_prompts(sample_config.get("prompts", "")):
+    raise ValueError(f"sample.prompts is set, but {spec.describe()} takes no prompts")
   after = outputs.split_prompts(sample_config.get("prompts_after", ""))
   if after is not None:
     spec.prepare_after(after, len(after))
