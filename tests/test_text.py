@@ -269,6 +269,16 @@ def test_train_text2im_and_clip_then_sample_from_the_cli(tmp_path):
   with np.load(tmp_path / "grid.npz") as saved:
     assert saved["images"].shape == (2, 2, 16, 16, 3)
     assert list(saved["prompts"]) == ["a red circle", "a blue square at the top"]
+  # N samples, prompts in turn, with a prompt schedule.
+  many = tmp_path / "many.npz"
+  result = run_cli("--mode=sample", config, f"--workdir={text_dir}",
+                   "--config.sample.prompts=a red circle|a blue square",
+                   "--config.sample.prompts_after=a green circle|a cyan square",
+                   "--config.sample.switch_at=0.5", "--config.sample.num_samples=3",
+                   f"--config.sample.output={many}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  with np.load(many) as saved:
+    assert saved["arr_0"].shape == (3, 16, 16, 3) and saved["arr_0"].dtype == np.uint8
   bad = run_cli("--mode=sample", config, f"--workdir={text_dir}", "--config.sample.prompts=")
   assert "needs sample.prompts" in error_line(bad)
 
