@@ -44,7 +44,7 @@ def check_images(images, *, image_size: Optional[int] = None,
   low, high = float(array.min()), float(array.max())
   if low < -1.001 or high > 1.001:
     hint = " (they look like [0, 255]: pass uint8 or scale to [-1, 1])" if high > 2 else ""
-    raise ValueError(f"{name} must lie in [-1, 1]; got values in [{low:.3g}, {high:.3g}]{hint}")
+    raise ValueError(f"{name} must lie in [-1, 1]; got values in [{low:.4g}, {high:.4g}]{hint}")
   return array.astype(np.float32)
 
 

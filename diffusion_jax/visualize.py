@@ -13,11 +13,13 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def image_grid(images: np.ndarray, row_titles: Optional[Sequence[str]] = None,
-               scale: int = 4, pad: int = 2, title_width: int = 110) -> Image.Image:
+               scale: int = 4, pad: int = 2,
+               title_width: Optional[int] = None) -> Image.Image:
   """Tiles [R, C, H, W, ch] images (uint8 or [-1, 1] floats) into one picture.
 
   Each image is enlarged `scale` times (nearest neighbour, so small images stay
-  crisp); row titles, if given, are written in a left margin.
+  crisp); row titles, if given, are written in a left margin `title_width`
+  wide (default: the longest title's width, at least 110 pixels).
   """
   images = np.asarray(images)
   if images.dtype != np.uint8:
@@ -26,7 +28,11 @@ def image_grid(images: np.ndarray, row_titles: Optional[Sequence[str]] = None,
     images = np.repeat(images, 3, axis=-1)
   rows, cols, height, width, _ = images.shape
   cell_h, cell_w = height * scale + pad, width * scale + pad
-  margin = title_width if row_titles else 0
+  margin = 0
+  if row_titles:
+    longest = max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(str(t))
+                  for t in row_titles)
+    margin = title_width if title_width is not None else max(110, int(longest) + 12)
   canvas = Image.new("RGB", (margin + cols * cell_w + pad, rows * cell_h + pad), "white")
   draw = ImageDraw.Draw(canvas)
   for r in range(rows):

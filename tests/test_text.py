@@ -125,6 +125,7 @@ def test_clip_cond_fn_is_glides_formula_differentiated(shared_dir):
       np.testing.assert_allclose(np.sum(grad * v), slope, rtol=2e-3)
 
 
+@jax.jit
 def perturbed(params, seed=0, std=0.05):
   """Every parameter plus noise, so that none is zero (zero-initialised
   output layers would hide the conditioning)."""
@@ -140,7 +141,7 @@ def text_bundle():
   config = quick_config("shapes_text2im", **ONE_DEVICE)
   config.sample.steps = "3"
   spec = make_spec(config, SHAPES_16)
-  params = perturbed(spec.init_params(jax.random.PRNGKey(0)))
+  params = perturbed(jax.jit(spec.init_params)(jax.random.PRNGKey(0)))
   return loading.Bundle(config, params, spec, SHAPES_16, 0, 0.0)
 
 
@@ -152,7 +153,8 @@ def test_text_is_encoded_once_per_call_not_per_step(text_bundle):
   settings = loading.SampleSettings.of(bundle.config.sample)
   fn = bundle.sampler._build_sample(settings, 2, None, False)
   table = bundle.params["text"]["token_embedding"]["embedding"].shape
-  jaxpr = jax.make_jaxpr(fn)(bundle.params, np.zeros(2, np.uint32), cond, None, None, None)
+  jaxpr = jax.make_jaxpr(fn)(bundle.params, np.zeros(2, np.uint32), cond, None,
+                             np.float32(3.0), np.int32(0), None, None)
   scans = list(_equations(jaxpr.jaxpr, "scan"))
   assert scans
   for scan in scans:
@@ -196,6 +198,10 @@ def test_cfg_scale_one_is_the_conditional_model_and_zero_the_empty_prompt(text_b
   np.testing.assert_allclose(text_bundle.sample(prompts=PROMPTS, guidance_scale=0.0, seed=2),
                              text_bundle.sample(prompts=[""] * 3, guidance_scale=1.0, seed=2),
                              atol=1e-5)
+  # The scale is an argument of the compiled sampler: another one reuses it.
+  compiled = len(text_bundle.sampler._compiled)
+  text_bundle.sample(prompts=PROMPTS, guidance_scale=5.0, seed=2)
+  assert len(text_bundle.sampler._compiled) == compiled
 
 
 def test_a_prompt_schedule_at_its_ends_is_one_prompt(text_bundle):
@@ -229,8 +235,8 @@ def test_bad_prompts_get_one_line_errors(text_bundle, kwargs, message):
 def clip_bundle():
   config = quick_config("shapes_clip", **ONE_DEVICE)
   spec = make_spec(config, SHAPES_16)
-  return loading.Bundle(config, perturbed(spec.init_params(jax.random.PRNGKey(1))), spec,
-                        SHAPES_16, 0, 0.0)
+  return loading.Bundle(config, perturbed(jax.jit(spec.init_params)(jax.random.PRNGKey(1))),
+                        spec, SHAPES_16, 0, 0.0)
 
 
 def test_clip_guidance_moves_the_samples_and_refuses_another_schedule(text_bundle,
@@ -279,7 +285,8 @@ def test_train_text2im_and_clip_then_sample_from_the_cli(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   with np.load(many) as saved:
     assert saved["arr_0"].shape == (3, 16, 16, 3) and saved["arr_0"].dtype == np.uint8
-  bad = run_cli("--mode=sample", config, f"--workdir={text_dir}", "--config.sample.prompts=")
+  bad = run_cli("--mode=sample", config, f"--workdir={text_dir}", "--config.sample.prompts=",
+                f"--config.sample.clip={clip_dir}")
   assert "needs sample.prompts" in error_line(bad)
 
 

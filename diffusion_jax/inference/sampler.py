@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -78,6 +79,13 @@ class SampleSettings:
     if not 0.0 <= self.switch_at <= 1.0:
       raise ValueError(f"sample.switch_at must be in [0, 1], got {self.switch_at}")
 
+  def program_key(self) -> tuple:
+    """What the compiled program is specialised on: the CFG and prompt-switch
+    values are its arguments (a scale sweep compiles once), only whether CFG
+    doubles the batch is not."""
+    return (self.method, self.steps, self.eta, self.clip_denoised,
+            self.guidance_scale != 1.0)
+
   def switch_timestep(self, fast: schedules.Schedule) -> int:
     """The original timestep from which on (t below it) `prompts_after` is
     used: the first round(switch_at * steps) steps from t = T use the first."""
@@ -126,13 +134,15 @@ class Sampler:
       raise ValueError("prompts_after must give one prompt per sample, as prompts")
     padded = self._padded(batch)
     guide_spec = None if guide is None else guide.spec
-    key = ("sample", settings, padded, guide_spec, cond_after is None)
+    key = ("sample", settings.program_key(), padded, guide_spec, cond_after is None)
     fn = self._program(key, lambda: self._build_sample(settings, padded, guide,
                                                        cond_after is not None))
     guide_args = ((None, None) if guide is None else
                   (self._placed(guide.params), np.float32(guide.scale)))
     after = None if cond_after is None else _pad(cond_after, padded)
-    images = fn(self._placed(params), _raw_key(rng), _pad(cond, padded), after, *guide_args)
+    switch_t = settings.switch_timestep(schedules.respace(self.spec.schedule, settings.steps))
+    images = fn(self._placed(params), _raw_key(rng), _pad(cond, padded), after,
+                np.float32(settings.guidance_scale), np.int32(switch_t), *guide_args)
     return np.asarray(images)[:batch]
 
   def encode(self, params, x0: np.ndarray, cond: Mapping[str, np.ndarray],
@@ -175,18 +185,20 @@ class Sampler:
     return None if self.mesh is None else parallel.batch_sharding(self.mesh)
 
   def _build_sample(self, settings: SampleSettings, batch: int, guide, scheduled: bool):
+    """The compiled sampler of `settings.program_key()`: the CFG scale and the
+    prompt schedule's switch timestep are its arguments."""
     spec = self.spec
     fast = schedules.respace(spec.schedule, settings.steps)
     shape = (batch,) + tuple(spec.image_shape)
     null = spec.null_cond(1) if settings.guidance_scale != 1.0 else None
-    switch_t = settings.switch_timestep(fast)
 
-    def sample_fn(params, rng, cond, cond_after, guide_params, guide_scale):
+    def sample_fn(params, rng, cond, cond_after, cfg_scale, switch_t, guide_params,
+                  guide_scale):
       # Text is encoded here, once per call, not at every step.
       cond = spec.encode_cond(params, cond)
       model_fn = self._model_fn(params)
       if null is not None:
-        model_fn = guidance.classifier_free(model_fn, settings.guidance_scale,
+        model_fn = guidance.classifier_free(model_fn, cfg_scale,
                                             spec.encode_cond(params, null))
       if scheduled:
         model_fn = guidance.switched(model_fn, switch_t,
@@ -195,11 +207,14 @@ class Sampler:
       if guide is not None:
         cond = guide.encode_cond(guide_params, cond)
         cond_fn = guide.cond_fn(guide_params, guide_scale)
-      return sampling.sample(model_fn, fast, shape, rng, method=settings.method,
-                             eta=settings.eta, clip_denoised=settings.clip_denoised,
-                             parameterization=spec.parameterization,
-                             variance=spec.variance, cond_fn=cond_fn,
-                             sharding=self._batch_sharding(), **cond)
+      images = sampling.sample(model_fn, fast, shape, rng, method=settings.method,
+                               eta=settings.eta, clip_denoised=settings.clip_denoised,
+                               parameterization=spec.parameterization,
+                               variance=spec.variance, cond_fn=cond_fn,
+                               sharding=self._batch_sharding(), **cond)
+      # The last step's mean (shifted by a guide's gradient) may leave
+      # [-1, 1] slightly: images are promised in range.
+      return jnp.clip(images, -1.0, 1.0)
     return self._jit(sample_fn)
 
   def _build_encode(self, steps: str):
