@@ -38,7 +38,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from common import environment  # noqa: E402
+from common import environment, save_figure  # noqa: E402
 from diffusion_jax import evaluation, filtering, visualize  # noqa: E402
 from diffusion_jax.data import pipeline, shapes  # noqa: E402
 from diffusion_jax.evaluation import metrics  # noqa: E402
@@ -211,13 +211,7 @@ def plot(results: dict, folder: pathlib.Path) -> str:
               title="diversity left free by the label (shapes)")
   axes[3].set(xlabel="evaluator accuracy (fidelity)",
               ylabel="within-class feature distance / real data's", title="feature distance")
-  for ax in axes:
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  path = folder / "tradeoff.png"
-  fig.savefig(path, dpi=100)
-  return str(path)
+  return save_figure(fig, axes, folder / "tradeoff.png")
 
 
 def markdown(results: dict) -> str:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from common import environment  # noqa: E402
+from common import environment, save_figure  # noqa: E402
 from diffusion_jax import evaluation, visualize  # noqa: E402
 from diffusion_jax.data import pipeline, shapes  # noqa: E402
 from diffusion_jax.evaluation import metrics  # noqa: E402
@@ -239,13 +239,7 @@ def plot(results: dict, folder: pathlib.Path) -> str:
               ylabel="within-prompt feature distance / real data's", title="diversity")
   axes[3].set(xlabel="caption accuracy (fidelity)",
               ylabel="spread of position when unnamed", title="what the prompt leaves free")
-  for ax in axes:
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  path = folder / "cfg_vs_clip.png"
-  fig.savefig(path, dpi=100)
-  return str(path)
+  return save_figure(fig, axes, folder / "cfg_vs_clip.png")
 
 
 def markdown(results: dict) -> str:

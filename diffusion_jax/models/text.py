@@ -55,6 +55,11 @@ def layer_norm(x, name: str, dtype: Dtype, param_dtype: Dtype):
   return norm(x.astype(jnp.float32)).astype(dtype)
 
 
+def _dense(module: nn.Module, features: int, name: str) -> nn.Dense:
+  """A Dense layer in `module`'s compute and parameter dtypes."""
+  return nn.Dense(features, dtype=module.dtype, param_dtype=module.param_dtype, name=name)
+
+
 class SelfAttention(nn.Module):
   """Multi-head attention of a sequence over itself: `c_qkv`, then `c_proj`.
 
@@ -68,12 +73,10 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x):  # [B, L, W] -> [B, L, W]
     batch, length, _ = x.shape
-    dense = lambda f, name: nn.Dense(f, dtype=self.dtype,  # noqa: E731
-                                     param_dtype=self.param_dtype, name=name)
-    q, k, v = layers.split_heads(dense(3 * self.width, "c_qkv")(x), self.heads, 3,
+    q, k, v = layers.split_heads(_dense(self, 3 * self.width, "c_qkv")(x), self.heads, 3,
                                  legacy_order=True)
     a = layers.dot_product_attention(q, k, v).reshape(batch, length, self.width)
-    return dense(self.width, "c_proj")(a)
+    return _dense(self, self.width, "c_proj")(a)
 
 
 class MLP(nn.Module):
@@ -84,10 +87,8 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x):  # [B, L, W] -> [B, L, W]
-    dense = lambda f, name: nn.Dense(f, dtype=self.dtype,  # noqa: E731
-                                     param_dtype=self.param_dtype, name=name)
-    return dense(self.width, "c_proj")(nn.gelu(dense(4 * self.width, "c_fc")(x),
-                                               approximate=False))
+    hidden = nn.gelu(_dense(self, 4 * self.width, "c_fc")(x), approximate=False)
+    return _dense(self, self.width, "c_proj")(hidden)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -150,6 +151,5 @@ class TextEncoder(nn.Module):
                     name="transformer")(h.astype(self.dtype))
     if spec.final_ln:
       h = layer_norm(h, "final_ln", self.dtype, self.param_dtype)
-    proj = nn.Dense(self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name="transformer_proj")(h[:, -1])
+    proj = _dense(self, self.out_dim, "transformer_proj")(h[:, -1])
     return proj, h
