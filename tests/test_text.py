@@ -109,6 +109,7 @@ def test_clip_cond_fn_is_glides_formula_differentiated(shared_dir):
   with jax.enable_x64(True):
     p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
 
+    @jax.jit
     def formula(x64):  # GLIDE's: sum_b scale * exp(log 100) <z_i / |z_i|, z_t / |z_t|>
       z_i = clip_lib.ImageEncoder(REFERENCE_CLIP).apply({"params": p64["image"]}, x64, t)
       z_t = clip_lib.TextEncoder(REFERENCE_CLIP).apply(
@@ -189,11 +190,12 @@ def test_cfg_scale_one_is_the_conditional_model_and_zero_the_empty_prompt(text_b
   def model_fn(x, t, **c):
     return spec.apply(params, x, t, **c)
   empty = spec.encode_cond(params, spec.prepare_cond({"prompts": [""] * 3}, 3))
-  conditional, unconditional = model_fn(x, t, **cond), model_fn(x, t, **empty)
+  plain = jax.jit(lambda c: model_fn(x, t, **c))
+  conditional, unconditional = plain(cond), plain(empty)
   assert np.abs(conditional - unconditional).max() > 1e-2
+  guided = jax.jit(lambda scale: guidance.classifier_free(model_fn, scale, null)(x, t, **cond))
   for scale, want in ((1.0, conditional), (0.0, unconditional)):
-    got = guidance.classifier_free(model_fn, scale, null)(x, t, **cond)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(guided(scale), want, atol=1e-5)
   # And end to end: CFG at 0 samples the empty prompt's images.
   np.testing.assert_allclose(text_bundle.sample(prompts=PROMPTS, guidance_scale=0.0, seed=2),
                              text_bundle.sample(prompts=[""] * 3, guidance_scale=1.0, seed=2),
@@ -285,6 +287,7 @@ def test_train_text2im_and_clip_then_sample_from_the_cli(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   with np.load(many) as saved:
     assert saved["arr_0"].shape == (3, 16, 16, 3) and saved["arr_0"].dtype == np.uint8
+  # A bad prompt list is one error line, before any sampling.
   bad = run_cli("--mode=sample", config, f"--workdir={text_dir}", "--config.sample.prompts=",
                 f"--config.sample.clip={clip_dir}")
   assert "needs sample.prompts" in error_line(bad)
