@@ -39,6 +39,12 @@ def best_of(fn, repeats: int) -> float:
   return min(times)
 
 
+def markdown_table(header, rows) -> list[str]:
+  """The lines of a markdown table: `header` [K] and `rows` [N][K] (any values)."""
+  lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + " --- |" * len(header)]
+  return lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+
+
 def save_figure(fig, axes, path) -> str:
   """Grid lines and a legend on every panel, tight layout, saved at 100 dpi."""
   for ax in axes:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from common import environment, save_figure  # noqa: E402
+from common import environment, markdown_table, save_figure  # noqa: E402
 from diffusion_jax import evaluation, filtering, visualize  # noqa: E402
 from diffusion_jax.data import pipeline, shapes  # noqa: E402
 from diffusion_jax.evaluation import metrics  # noqa: E402
@@ -221,11 +221,9 @@ def markdown(results: dict) -> str:
     columns = [c for c in ("accuracy", "accuracy_shape", "accuracy_color", "feature_distance",
                            "spread_size", "spread_position", "seconds")
                if c in sweep["rows"][0]]
-    lines += [f"\n{name}\n", "| setting | " + " | ".join(columns) + " |",
-              "|" + " --- |" * (len(columns) + 1)]
-    for row in sweep["rows"] + [results["real_data"][family]]:
-      lines.append(f"| {row['setting']} | " + " | ".join(str(row.get(c, "")) for c in columns)
-                   + " |")
+    rows = [[row["setting"]] + [row.get(c, "") for c in columns]
+            for row in sweep["rows"] + [results["real_data"][family]]]
+    lines += [f"\n{name}\n", *markdown_table(("setting",) + tuple(columns), rows)]
   if results.get("filter"):
     lines += ["\nfilter\n",
               "| filter | class 0 in samples | test class 0 dropped | others dropped |",

@@ -36,7 +36,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from common import environment, save_figure  # noqa: E402
+from common import environment, markdown_table, save_figure  # noqa: E402
 from diffusion_jax import evaluation, visualize  # noqa: E402
 from diffusion_jax.data import pipeline, shapes  # noqa: E402
 from diffusion_jax.evaluation import metrics  # noqa: E402
@@ -75,7 +75,8 @@ def parse_args(argv=None):
 
 
 def test_split(model_config, data_dir):
-  """(images [N, S, S, C] in [-1, 1], captions [N]) of the model's test split."""
+  """(images [N, S, S, C] in [-1, 1], captions [N], the examples) of the
+  model's test split."""
   data_config = model_config.data.copy_and_resolve_references()
   if data_dir:
     data_config.data_dir = data_dir
@@ -85,7 +86,7 @@ def test_split(model_config, data_dir):
                      for e in examples])
   captions = [e["caption"].decode() if isinstance(e["caption"], bytes) else e["caption"]
               for e in examples]
-  return images, captions
+  return images, captions, examples
 
 
 def first_distinct(captions, count: int) -> list[str]:
@@ -139,7 +140,7 @@ def run_sweep(name, knob, values, bundle, clip, prompts, args, evaluator):
   return rows, grids
 
 
-def clip_rows(clip, model_config, data_dir) -> list[dict]:
+def clip_rows(clip, images, captions, examples) -> list[dict]:
   """The noised CLIP's retrieval on the test split, at several noise levels:
   how often the caption it ranks first (of all the split's distinct
   captions) names only what the image shows."""
@@ -149,12 +150,6 @@ def clip_rows(clip, model_config, data_dir) -> list[dict]:
   from diffusion_jax import diffusion
   from diffusion_jax.models import clip as clip_lib
   from diffusion_jax.text import tokenizer as tok_lib
-  data_config = model_config.data.copy_and_resolve_references()
-  if data_dir:
-    data_config.data_dir = data_dir
-  source, _ = pipeline.load_source(data_config, "test")
-  examples = [source[i] for i in range(len(source))]
-  images, captions = test_split(model_config, data_dir)
   distinct = sorted(set(captions))
   spec = clip.spec.model.spec
   tokens, lens = tok_lib.pad_and_lens(distinct, spec.text_ctx)
@@ -248,25 +243,22 @@ def markdown(results: dict) -> str:
              "accuracy_position", "feature_distance", "spread_size", "spread_position",
              "seconds")
   for name, sweep in results["sweeps"].items():
-    lines += [f"\n{name}\n", "| setting | " + " | ".join(columns) + " |",
-              "|" + " --- |" * (len(columns) + 1)]
-    for row in sweep["rows"] + [results["real_data"]]:
-      lines.append(f"| {row['setting']} | " + " | ".join(str(row.get(c, "")) for c in columns)
-                   + " |")
+    rows = [[row["setting"]] + [row.get(c, "") for c in columns]
+            for row in sweep["rows"] + [results["real_data"]]]
+    lines += [f"\n{name}\n", *markdown_table(("setting",) + columns, rows)]
   if results.get("clip_retrieval"):
     lines += ["\nnoised CLIP retrieval (test split, all its distinct captions)\n",
-              "| t | top-1 caption fits |", "| --- | --- |"]
-    lines += [f"| {r['t']} | {r['top1_caption_fits']} |" for r in results["clip_retrieval"]]
+              *markdown_table(("t", "top-1 caption fits"),
+                              [(r["t"], r["top1_caption_fits"])
+                               for r in results["clip_retrieval"]])]
   if results.get("schedule"):
-    lines += [f"\nprompt schedule: {SCHEDULE[0]!r} -> {SCHEDULE[1]!r}\n",
-              "| switch_at | color of first | of second | shape of first | of second "
-              "| position as first alone | as second alone |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for row in results["schedule"]["rows"]:
-      lines.append(f"| {row['switch_at']:g} | {row['color_first']} | {row['color_after']} | "
-                   f"{row['shape_first']} | {row['shape_after']} | "
-                   f"{row.get('position_as_first_alone', '')} | "
-                   f"{row.get('position_as_after_alone', '')} |")
+    fields = ("color_first", "color_after", "shape_first", "shape_after",
+              "position_as_first_alone", "position_as_after_alone")
+    lines += [f"\nprompt schedule: {SCHEDULE[0]!r} -> {SCHEDULE[1]!r}\n", *markdown_table(
+        ("switch_at", "color of first", "of second", "shape of first", "of second",
+         "position as first alone", "as second alone"),
+        [[f"{row['switch_at']:g}"] + [row.get(f, "") for f in fields]
+         for row in results["schedule"]["rows"]])]
   return "\n".join(lines)
 
 
@@ -288,10 +280,10 @@ def main(argv=None) -> None:
   bundle = loading.load(args.text2im, kind="diffusion")
   clip = loading.load(args.clip, kind="clip")
   evaluator = evaluation.load_evaluator(args.evaluator)
-  images, captions = test_split(bundle.config, args.data_dir)
+  images, captions, examples = test_split(bundle.config, args.data_dir)
   prompts = first_distinct(captions, args.prompts)
   results = {"environment": environment(), "model": str(bundle), "clip": str(clip),
-             "clip_retrieval": clip_rows(clip, bundle.config, args.data_dir),
+             "clip_retrieval": clip_rows(clip, images, captions, examples),
              "evaluator": args.evaluator, "method": args.method, "steps": args.steps,
              "per_prompt": args.per_prompt, "seed": 0, "prompts": prompts,
              "real_data": real_data_row(evaluator, images, captions), "sweeps": {}}

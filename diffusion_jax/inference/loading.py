@@ -139,9 +139,6 @@ class Bundle:
     cond = self.spec.prepare_cond(cond_args, num, np.random.default_rng(seed), extra)
     cond_after = None
     if prompts_after is not None:
-      if clip is not None:
-        raise ValueError("a prompt schedule (prompts_after) with CLIP guidance is not "
-                         "supported: the CLIP would guide towards the first prompts only")
       cond_after = self.spec.prepare_after(prompts_after, cond_lib.batch_size_of(cond))
     return self.sampler.sample(self.params, jax.random.PRNGKey(seed), cond, settings, num,
                                guide, cond_after)

@@ -95,9 +95,6 @@ def _guide(sample_config, bundle, mesh):
     guiding = loading.load(sample_config.classifier, kind="classifier")
     guide = guide_lib.make_guide(bundle, guiding, sample_config.classifier_scale)
   elif clip_path:
-    if outputs.split_prompts(sample_config.get("prompts_after", "")):
-      raise ValueError("a prompt schedule (sample.prompts_after) with CLIP guidance is "
-                       "not supported: the CLIP would guide towards the first prompts only")
     guiding = loading.load(clip_path, kind="clip")
     guide = guide_lib.make_clip_guide(bundle, guiding, sample_config.clip_scale)
   else:

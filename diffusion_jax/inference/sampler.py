@@ -132,6 +132,9 @@ class Sampler:
     batch = _batch_size(cond, batch_size)
     if cond_after is not None and _batch_size(cond_after, batch) != batch:
       raise ValueError("prompts_after must give one prompt per sample, as prompts")
+    if cond_after is not None and guide is not None and guide.target.arg == "prompts":
+      raise ValueError("a prompt schedule (prompts_after) with CLIP guidance is not "
+                       "supported: the CLIP would guide towards the first prompts only")
     padded = self._padded(batch)
     guide_spec = None if guide is None else guide.spec
     key = ("sample", settings.program_key(), padded, guide_spec, cond_after is None)

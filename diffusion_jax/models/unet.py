@@ -125,8 +125,10 @@ class UNet(UNetSpec):
     """The (unbound) text model; its parameters are this UNet's "text"."""
     if self.text is None:
       raise ValueError("this UNet has no text model")
-    return TextEncoder(self.text, self.time_embed_dim, self.dtype, self.param_dtype,
-                       parent=None)
+    return self._text_module(parent=None)
+
+  def _text_module(self, **kwargs) -> TextEncoder:
+    return TextEncoder(self.text, self.time_embed_dim, self.dtype, self.param_dtype, **kwargs)
 
   def encode_text(self, params, tokens, mask):
     """(xf_proj [B, 4 * model_channels], xf_out [B, L, W]) of tokens and mask
@@ -184,8 +186,7 @@ class UNet(UNetSpec):
       return xf_proj, xf_out
     if tokens is None or mask is None:
       raise ValueError("a text-conditional UNet needs tokens and mask (or xf_proj and xf_out)")
-    return TextEncoder(self.text, self.time_embed_dim, self.dtype, self.param_dtype,
-                       name="text")(tokens, mask)
+    return self._text_module(name="text")(tokens, mask)
 
   def _concat_inputs(self, x, low_res, inpaint_image, inpaint_mask):
     parts = [x]
