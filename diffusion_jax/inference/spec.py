@@ -134,8 +134,11 @@ class ModelSpec:
     """
     given = {k: v for k, v in given.items() if v is not None}
     # Every declaration of an argument prepares it (a model's caption and a
-    # CLIP guide's both read `prompts`); the model's wins on shared keys.
-    inputs = list(extra) + list(self.conditioning)
+    # CLIP guide's both read `prompts`), except a guide's that the model's
+    # covers (the same labels): one draw of defaults, the model's.
+    inputs = [c for c in extra if not any(m.arg == c.arg and set(c.keys) <= set(m.keys)
+                                          for m in self.conditioning)]
+    inputs += list(self.conditioning)
     args = sorted({c.arg for c in inputs})
     unknown = sorted(set(given) - set(args))
     if unknown:
@@ -152,7 +155,6 @@ class ModelSpec:
           raise ValueError(f"{self.describe()} needs {inp.arg}")
         prepared.update(inp.default(batch_size, rng))
     return prepared
-
 
   def prepare_after(self, prompts, batch_size: int) -> dict[str, np.ndarray]:
     """A prompt schedule's later prompts, as the caption's model arrays.
