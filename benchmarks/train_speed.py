@@ -37,12 +37,20 @@ import optax  # noqa: E402
 from common import environment  # noqa: E402
 from diffusion_jax import diffusion, platform, schedules  # noqa: E402
 from diffusion_jax.models import UNet  # noqa: E402
+from diffusion_jax.models.unet import attention_ds_of  # noqa: E402
 
 IMAGE = (32, 32, 3)
 MODEL = dict(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
              attention_resolutions=(16, 8), num_heads=4, out_channels=6)
 OPTIM = dict(lr=1e-4, weight_decay=0.01, clip=1.0)
 NUM_TIMESTEPS = 1000
+
+
+def jax_unet() -> UNet:
+  """The benchmark's UNet in Flax: attention from pixels to downsampling factors."""
+  kwargs = {k: v for k, v in MODEL.items() if k != "attention_resolutions"}
+  return UNet(attention_ds=attention_ds_of(MODEL["attention_resolutions"], IMAGE[0],
+                                           len(MODEL["channel_mult"])), **kwargs)
 
 
 
@@ -134,7 +142,7 @@ def summarise(times: list[float], batch: int, flops: float) -> dict:
 def jax_runner(batch: int, compiler_options):
   """(run_step, facts): a compiled JAX step on fixed images, and its compile
   time, parameter count and XLA's FLOP estimate."""
-  model, sched = UNet(**MODEL), schedules.make_schedule("cosine", NUM_TIMESTEPS)
+  model, sched = jax_unet(), schedules.make_schedule("cosine", NUM_TIMESTEPS)
   optimizer = make_optimizer()
   images = jax.random.uniform(jax.random.key(1), (batch,) + IMAGE, minval=-1.0, maxval=1.0)
   params = jax.jit(model.init)(jax.random.key(0), images[:1], jnp.zeros(1, jnp.int32))["params"]

@@ -9,23 +9,25 @@ import pytest
 from diffusion_jax.models import NoisyClassifier, UNet, convert
 from diffusion_jax.models.text import TextSpec
 
-# The reference configs (see each .npz's `config`); attention given as
-# resolutions in pixels: factor 2 on 16x16 images is 8.
+# The reference configs (see each .npz's `config`); attention at
+# downsampling factor 2 (guided-diffusion's `attention_resolutions` "8" on 16x16).
+GLIDE = dict(model_channels=32, out_channels=6, num_res_blocks=1, attention_ds=(2,),
+             channel_mult=(1, 2), num_head_channels=16,
+             text=TextSpec(vocab_size=50257, text_ctx=12, width=32, layers=2, heads=4))
 REFERENCE_MODELS = {
     "adm_unet": (UNet, dict(model_channels=32, out_channels=6, num_res_blocks=1,
-                            attention_resolutions=(8,), channel_mult=(1, 2),
+                            attention_ds=(2,), channel_mult=(1, 2),
                             num_classes=5, num_head_channels=16)),
     "adm_superres": (UNet, dict(model_channels=32, out_channels=6, num_res_blocks=1,
-                                attention_resolutions=(8,), channel_mult=(1, 2),
-                                num_classes=3, num_head_channels=16)),
+                                attention_ds=(2,), channel_mult=(1, 2),
+                                num_classes=3, num_head_channels=16, super_res=True)),
     "adm_classifier": (NoisyClassifier, dict(
-        model_channels=32, num_res_blocks=2, attention_resolutions=(8,),
+        model_channels=32, num_res_blocks=2, attention_ds=(2,),
         channel_mult=(1, 2), num_classes=4, num_head_channels=16,
         pool_head_channels=16, resblock_updown=False)),
-    "glide_base": (UNet, dict(
-        model_channels=32, out_channels=6, num_res_blocks=1, attention_resolutions=(8,),
-        channel_mult=(1, 2), num_head_channels=16,
-        text=TextSpec(vocab_size=50257, text_ctx=12, width=32, layers=2, heads=4))),
+    "glide_base": (UNet, GLIDE),
+    "glide_inpaint": (UNet, dict(GLIDE, inpaint=True)),
+    "glide_upsample": (UNet, dict(GLIDE, super_res=True)),
 }
 
 
@@ -40,6 +42,9 @@ def reference_inputs(data):
     cond["y"] = jnp.asarray(data["y"])
   if "low_res_nchw" in data:
     cond["low_res"] = nhwc(data["low_res_nchw"])
+  if "inpaint_image_nchw" in data:
+    cond["inpaint_image"] = nhwc(data["inpaint_image_nchw"])
+    cond["inpaint_mask"] = nhwc(data["inpaint_mask_nchw"])
   if "tokens" in data:
     cond["tokens"], cond["mask"] = jnp.asarray(data["tokens"]), jnp.asarray(data["mask"])
   return x, t, cond
@@ -90,7 +95,7 @@ def test_import_names_the_mismatch(shared_dir):
 
 
 TINY = dict(model_channels=32, num_res_blocks=1, channel_mult=(1, 2),
-            attention_resolutions=(4,), num_head_channels=16, num_groups=8)
+            attention_ds=(2,), num_head_channels=16, num_groups=8)
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +113,9 @@ def test_output_shapes_and_extra_inputs():
   for kwargs, cond, out_channels in [
       (dict(out_channels=3), {}, 3),
       (dict(out_channels=6, num_classes=5), dict(y=jnp.array([0, 4])), 6),
-      (dict(out_channels=3), dict(low_res=jnp.zeros((2, 4, 4, 3))), 3),
-      (dict(out_channels=3), dict(inpaint_image=jnp.zeros((2, 8, 8, 3)),
-                                  inpaint_mask=jnp.ones((2, 8, 8, 1))), 3)]:
+      (dict(out_channels=3, super_res=True), dict(low_res=jnp.zeros((2, 4, 4, 3))), 3),
+      (dict(out_channels=3, inpaint=True), dict(inpaint_image=jnp.zeros((2, 8, 8, 3)),
+                                                inpaint_mask=jnp.ones((2, 8, 8, 1))), 3)]:
     model = UNet(**kwargs, **TINY)
     out, variables = jax.eval_shape(
         lambda x, t, c, m=model: m.init_with_output(jax.random.key(0), x, t, **c), x, t, cond)
@@ -121,6 +126,53 @@ def test_output_shapes_and_extra_inputs():
   logits, _ = jax.eval_shape(lambda x, t: classifier.init_with_output(jax.random.key(0), x, t),
                              x, t)
   assert logits.shape == (2, 7)
+
+
+def test_inpaint_super_res_input_is_glides():
+  """GLIDE's `InpaintSuperResText2ImUNet` input: [x, image * mask, mask,
+  upsampled low_res], the image multiplied by the mask inside, missing
+  inpainting inputs zeros. The same weights as a plain UNet fed that
+  concatenation compute the same function; a swapped order would not."""
+  rs = np.random.RandomState(0)
+  x = jnp.asarray(rs.randn(2, 8, 8, 3), jnp.float32)
+  image = jnp.asarray(rs.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+  mask = jnp.asarray(rs.rand(2, 8, 8, 1) < 0.5, jnp.float32)
+  low_res = jnp.asarray(rs.uniform(-1, 1, (2, 4, 4, 3)), jnp.float32)
+  t = jnp.array([3, 700])
+  model = UNet(out_channels=3, inpaint=True, super_res=True, **TINY)
+  params = model.init(jax.random.key(0), x, t, low_res=low_res)["params"]
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(3), p.shape),
+                        params)
+  apply = jax.jit(lambda **c: model.apply({"params": params}, x, t, **c))
+  up = jax.image.resize(low_res, (2, 8, 8, 3), "bilinear")
+  plain = UNet(out_channels=3, **TINY)
+  expected = plain.apply({"params": params}, jnp.concatenate([x, image * mask, mask, up], -1), t)
+  got = apply(inpaint_image=image, inpaint_mask=mask, low_res=low_res)
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  zeros = plain.apply({"params": params},
+                      jnp.concatenate([x, jnp.zeros((2, 8, 8, 4)), up], -1), t)
+  np.testing.assert_allclose(apply(low_res=low_res), zeros, atol=1e-5)
+  with pytest.raises(ValueError, match="low_res must be given"):
+    apply(inpaint_image=image, inpaint_mask=mask)
+  with pytest.raises(ValueError, match="no inpainting inputs"):
+    plain.apply({"params": params}, x, t, inpaint_mask=mask)
+
+
+def test_attention_sits_at_downsampling_levels():
+  """Pixel resolutions at the trained size become downsampling factors, so
+  the same weights on a larger canvas keep their attention layers."""
+  from diffusion_jax.models.unet import attention_ds_of
+  assert attention_ds_of((32, 16, 8), 64, 4) == (2, 4, 8)
+  assert attention_ds_of((8,), 16, 2) == (2,)
+  with pytest.raises(ValueError, match="12 is no feature-map size of a 16x16 UNet"):
+    attention_ds_of((12,), 16, 3)
+  model = UNet(out_channels=3, **TINY)
+  small = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
+                         jnp.zeros(1, int))
+  wide = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
+                        jnp.zeros(1, int))
+  assert jax.tree.map(lambda a: a.shape, small) == jax.tree.map(lambda a: a.shape, wide)
+  assert "input_blocks_3_1" in small["params"]  # attention at factor 2
 
 
 def test_dropout_remat_and_bf16(tiny_unet_and_params):

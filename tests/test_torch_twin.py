@@ -15,7 +15,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchma
 import torch_unet  # noqa: E402
 import train_speed  # noqa: E402
 from diffusion_jax import diffusion, schedules  # noqa: E402
-from diffusion_jax.models import UNet, convert  # noqa: E402
+from diffusion_jax.models import convert  # noqa: E402
 
 
 def nchw(a):
@@ -32,7 +32,7 @@ def twins():
     for p in net.parameters():
       p.add_(0.05 * torch.randn_like(p))
   state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
-  model = UNet(**train_speed.MODEL)
+  model = train_speed.jax_unet()
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                           jnp.zeros(1, jnp.int32))["params"]
   return net, model, convert.from_torch(state_dict, shapes)

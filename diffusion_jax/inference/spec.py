@@ -204,7 +204,7 @@ def _diffusion_spec(config, info: DatasetInfo) -> ModelSpec:
       raise ValueError(f"model.text_ctx > 0 makes a text-to-image model, which needs "
                        f"captions; {config.data.name!r} has none")
     inputs.append(cond_lib.Caption(config.model.text_ctx))
-  model = factory.make_unet(config.model, info.channels, table)
+  model = factory.make_unet(config.model, info.image_size, info.channels, table)
   return ModelSpec("diffusion", model, _schedule(config), _image_shape(info), tuple(inputs),
                    parameterization=config.diffusion.parameterization,
                    variance=variance_of(config), num_classes=num_classes)
@@ -213,7 +213,7 @@ def _diffusion_spec(config, info: DatasetInfo) -> ModelSpec:
 def _classifier_spec(config, info: DatasetInfo) -> ModelSpec:
   if not info.num_classes:
     raise ValueError(f"a classifier needs labelled data; {config.data.name!r} has none")
-  model = factory.make_classifier(config.model, info.num_classes)
+  model = factory.make_classifier(config.model, info.image_size, info.num_classes)
   return ModelSpec("classifier", model, _schedule(config), _image_shape(info),
                    targets=(cond_lib.LabelTarget(info.num_classes),),
                    num_classes=info.num_classes)

@@ -7,20 +7,23 @@ from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.models.clip import ClipSpec, NoisedClip
 from diffusion_jax.models.evaluator import Evaluator
 from diffusion_jax.models.text import TextSpec
-from diffusion_jax.models.unet import UNet
+from diffusion_jax.models.unet import UNet, attention_ds_of
 from diffusion_jax.text import tokenizer as tok_lib
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _common(model_config) -> dict:
+def _common(model_config, image_size: int) -> dict:
+  """The UNet fields of `config.model`; attention from pixel resolutions at
+  `image_size` (the trained size) to downsampling factors."""
   if model_config.dtype not in _DTYPES:
     raise ValueError(f"model.dtype {model_config.dtype!r}: choose one of {sorted(_DTYPES)}")
+  mult = tuple(model_config.channel_mult)
   return dict(
       model_channels=model_config.channels,
-      channel_mult=tuple(model_config.channel_mult),
+      channel_mult=mult,
       num_res_blocks=model_config.num_res_blocks,
-      attention_resolutions=tuple(model_config.attention_resolutions),
+      attention_ds=attention_ds_of(model_config.attention_resolutions, image_size, len(mult)),
       num_heads=model_config.num_heads,
       num_head_channels=model_config.num_head_channels,
       dropout=model_config.dropout,
@@ -37,18 +40,23 @@ def label_table_size(num_classes: int, null_class: bool) -> int:
   return num_classes + (1 if null_class else 0)
 
 
-def make_unet(model_config, image_channels: int, label_table: int | None) -> UNet:
+def make_unet(model_config, image_size: int, image_channels: int,
+              label_table: int | None) -> UNet:
   """The denoiser; learned sigma doubles the output channels.
 
   Args:
-    model_config: `config.model`.
+    model_config: `config.model`; `inpaint` and `low_res_size` > 0 add
+      GLIDE's inpainting and super-resolution inputs.
+    image_size: S of the [S, S] images it is trained on.
     image_channels: C of the images.
     label_table: rows of the class embedding (`label_table_size`), or None
       for a model without class labels.
   """
   out = image_channels * (2 if model_config.learn_sigma else 1)
   return UNet(out_channels=out, num_classes=label_table, text=text_spec(model_config),
-              **_common(model_config))
+              inpaint=bool(model_config.get("inpaint", False)),
+              super_res=bool(model_config.get("low_res_size", 0)),
+              **_common(model_config, image_size))
 
 
 def text_spec(model_config) -> TextSpec | None:
@@ -82,10 +90,10 @@ def make_clip(model_config, image_size: int, num_timesteps: int) -> NoisedClip:
   return NoisedClip(clip_spec(model_config, image_size, num_timesteps))
 
 
-def make_classifier(model_config, num_classes: int) -> NoisyClassifier:
+def make_classifier(model_config, image_size: int, num_classes: int) -> NoisyClassifier:
   return NoisyClassifier(num_classes=num_classes,
                          pool_head_channels=model_config.pool_head_channels,
-                         **_common(model_config))
+                         **_common(model_config, image_size))
 
 
 def make_evaluator(model_config, attributes) -> Evaluator:

@@ -1,10 +1,18 @@
 """The ADM UNet (guided-diffusion's `UNetModel`) in Flax Linen.
 
-The same function as the reference: a checkpoint of `UNetModel` (or
-`SuperResModel`) maps onto these parameters by `models/convert.py`. Extra
-inputs for class labels (with an optional null class for classifier-free
-guidance), a low-resolution image (upsampled bilinearly and concatenated) and
-an inpainting image and mask (concatenated) are optional keyword arguments.
+The same function as the reference: a checkpoint of `UNetModel`,
+`SuperResModel` or GLIDE's `Text2ImUNet`, `InpaintText2ImUNet`,
+`SuperResText2ImUNet` and `InpaintSuperResText2ImUNet` maps onto these
+parameters by `models/convert.py`. Class labels (with an optional null class
+for classifier-free guidance), text, a low-resolution image (`super_res`:
+upsampled bilinearly and concatenated) and a known image and mask
+(`inpaint`: image * mask and the mask concatenated) are keyword arguments.
+
+Attention sits at downsampling factors (`attention_ds`: 1 is full
+resolution, 2 half), as in guided-diffusion, not at feature-map sizes: the
+same weights on a larger canvas (outpainting) keep their architecture.
+Configs give pixel resolutions at the trained image size, converted once by
+`attention_ds_of`.
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ class UNetSpec(nn.Module):
   """Fields shared by the UNet and the classifier's encoder (no __call__)."""
   model_channels: int = 128
   num_res_blocks: int = 2
-  attention_resolutions: Sequence[int] = (16, 8)  # in pixels of the feature map
+  attention_ds: Sequence[int] = (2, 4)  # downsampling factors (1: full resolution)
   channel_mult: Sequence[int] = (1, 2, 2, 2)
   dropout: float = 0.0
   num_heads: int = 4
@@ -83,7 +91,7 @@ class UNetSpec(nn.Module):
       for _ in range(self.num_res_blocks):
         ch = int(mult * self.model_channels)
         h = self.res_block(f"input_blocks_{index}_0", ch, train)(h, emb)
-        if h.shape[1] in self.attention_resolutions:
+        if 2 ** level in self.attention_ds:
           h = self.attention(f"input_blocks_{index}_1", ch)(h, encoder_out)
         skips.append(h)
         index += 1
@@ -116,10 +124,17 @@ class UNet(UNetSpec):
     text: GLIDE's text model (`Text2ImUNet`), or None for no text. Its output
       at the last slot is added to the timestep embedding, and its output
       sequence is given to every attention layer.
+    inpaint: takes a known image and mask (GLIDE's `InpaintText2ImUNet`):
+      image * mask and the mask are concatenated to x; either defaults to
+      zeros (nothing known: plain generation).
+    super_res: takes a low-resolution image (`SuperResModel`,
+      `SuperResText2ImUNet`), upsampled bilinearly and concatenated last.
   """
   out_channels: int = 3
   num_classes: Optional[int] = None
   text: Optional[TextSpec] = None
+  inpaint: bool = False
+  super_res: bool = False
 
   def text_encoder(self) -> TextEncoder:
     """The (unbound) text model; its parameters are this UNet's "text"."""
@@ -146,9 +161,10 @@ class UNet(UNetSpec):
       tokens, mask: [B, L] int token ids and bool (False on padding), for a
         text model; or instead
       xf_proj, xf_out: the text model's output for them (`encode_text`).
-      low_res: [B, h, w, C] low-resolution images, upsampled bilinearly.
-      inpaint_image: [B, H, W, C] images with the hole zeroed (image * mask).
-      inpaint_mask: [B, H, W, 1] 1 where kept.
+      low_res: [B, h, w, C] low-resolution images (needed iff `super_res`).
+      inpaint_image: [B, H, W, C] known images (`inpaint`; default zeros);
+        only the pixels the mask keeps matter.
+      inpaint_mask: [B, H, W, 1] 1 where known (`inpaint`; default zeros).
       train: enables dropout (needs a "dropout" rng).
 
     Returns:
@@ -189,12 +205,25 @@ class UNet(UNetSpec):
     return self._text_module(name="text")(tokens, mask)
 
   def _concat_inputs(self, x, low_res, inpaint_image, inpaint_mask):
+    """GLIDE's input: [x, image * mask, mask, upsampled low_res] on channels."""
+    if not self.inpaint and (inpaint_image is not None or inpaint_mask is not None):
+      raise ValueError("this UNet takes no inpainting inputs (inpaint=False)")
+    if (low_res is not None) != self.super_res:
+      raise ValueError("a low-resolution image low_res must be given exactly when "
+                       f"super_res is set (super_res={self.super_res})")
     parts = [x]
-    if low_res is not None:
+    if self.inpaint:
+      if inpaint_image is None:
+        inpaint_image = jnp.zeros_like(x)
+      if inpaint_mask is None:
+        inpaint_mask = jnp.zeros(x.shape[:3] + (1,), x.dtype)
+      if inpaint_mask.shape != x.shape[:3] + (1,):
+        raise ValueError(f"inpaint_mask must be [B, H, W, 1] = {x.shape[:3] + (1,)}, "
+                         f"got {tuple(inpaint_mask.shape)}")
+      parts += [inpaint_image * inpaint_mask, inpaint_mask]
+    if self.super_res:
       size = x.shape[:3] + low_res.shape[3:]
       parts.append(jax.image.resize(low_res.astype(jnp.float32), size, "bilinear"))
-    if inpaint_image is not None:
-      parts += [inpaint_image, inpaint_mask]
     return jnp.concatenate([p.astype(x.dtype) for p in parts], axis=-1)
 
   def decode(self, h, skips, emb, train, encoder_out=None):
@@ -206,7 +235,7 @@ class UNet(UNetSpec):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
         h = self.res_block(f"output_blocks_{index}_0", ch, train)(h, emb)
         sub = 1
-        if h.shape[1] in self.attention_resolutions:
+        if 2 ** level in self.attention_ds:
           h = self.attention(f"output_blocks_{index}_1", ch)(h, encoder_out)
           sub = 2
         if level and i == self.num_res_blocks:
@@ -218,3 +247,20 @@ class UNet(UNetSpec):
                                 name=name)(h)
         index += 1
     return h
+
+
+def attention_ds_of(resolutions: Sequence[int], image_size: int,
+                    num_levels: int) -> tuple[int, ...]:
+  """Downsampling factors of attention given as feature-map sizes in pixels
+  at `image_size` (guided-diffusion's `attention_resolutions` flag).
+
+  Raises:
+    ValueError: a size that is no level's feature map.
+  """
+  sizes = {image_size // 2 ** level: 2 ** level for level in range(num_levels)}
+  unknown = [r for r in resolutions if int(r) not in sizes]
+  if unknown:
+    raise ValueError(f"model.attention_resolutions {tuple(resolutions)}: {unknown[0]} is "
+                     f"no feature-map size of a {image_size}x{image_size} UNet with "
+                     f"{num_levels} levels ({', '.join(map(str, sorted(sizes, reverse=True)))})")
+  return tuple(sorted(sizes[int(r)] for r in resolutions))
