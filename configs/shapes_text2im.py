@@ -29,41 +29,14 @@ PROMPTS_32 = ("a red circle above a blue square",
 
 
 def get_config(arg: str = ""):
-  c = config_lib.base_config()
+  c = config_lib.small_text2im(config_lib.base_config())
   c.data.name = "shapes/one_object_16"
-  c.data.batch_size = 64
-  c.model.class_conditional = False
-  c.model.channels = 32
-  c.model.channel_mult = (1, 2, 2)
-  c.model.num_res_blocks = 1
-  c.model.attention_resolutions = (8,)
-  c.model.text_ctx = 16  # GPT-2 tokens; the longest one-object caption has 12
-  c.model.xf_width = 64
-  c.model.xf_layers = 2
-  c.model.xf_heads = 4
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 50
-  c.train.num_steps = 3000
-  c.train.log_every = 50
-  c.train.checkpoint_every = 500
-  c.train.label_dropout = 0.2  # GLIDE drops 20% of the captions
-  c.train.ema_rates = (0.995,)
-  c.sample.ema_rate = 0.995
-  c.sample.method = "ddpm"
-  c.sample.steps = "100"
-  c.sample.guidance_scale = 3.0
-  c.sample.per_class = 8
   c.sample.prompts = "|".join(PROMPTS)
   chosen = config_lib.variants(arg, ("quick", "32"))
   if "32" in chosen:
     _two_objects_32(c)
   if "quick" in chosen:
-    config_lib.quick(c)
-    c.model.xf_width = 16
-    c.model.xf_layers = 1
-    c.model.xf_heads = 2
-    c.model.num_heads = 2
-    c.sample.prompts = "a red circle|a blue square"
+    config_lib.quick_text(c)
   return c
 
 

@@ -56,6 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.xf_heads = 4
   c.model.xf_final_ln = True
   c.model.xf_padding = True
+  # GLIDE's inpainting model: a known image and mask as extra inputs (random
+  # training masks); low_res_size > 0 makes an upsampler from that size.
+  c.model.inpaint = False
+  c.model.low_res_size = 0
   # The noised CLIP (task "clip"): GLIDE's clip/config.yaml at a small size.
   c.model.clip = ml_collections.ConfigDict(dict(
       text_ctx=24, text_width=64, text_layers=2, text_heads=4, patch_size=4,
@@ -106,6 +110,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.classifier = ""
   c.sample.classifier_scale = 1.0
   c.sample.clip_denoised = True
+  # The starting noise is scaled by this (GLIDE's upsampler: 0.997).
+  c.sample.temperature = 1.0
+  # RePaint's resampling when inpainting with a model not trained to
+  # inpaint: resample > 1 turns it on (RePaint's defaults: 10 and 10).
+  c.sample.resample = 1
+  c.sample.jump = 10
   # A text-to-image model's prompts, "|"-separated: one grid row each.
   # A prompt schedule: `prompts_after` from the step `switch_at` (a fraction
   # of the steps, counted from t = T) to the end.
@@ -186,6 +196,47 @@ def clean_evaluator(data_name: str, batch_size: int, num_steps: int) -> ml_colle
   return c
 
 
+def small_text2im(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """GLIDE's text-conditional UNet at a CPU size (configs/shapes_text2im.py,
+  and the inpainting and upsampling models built on it): captions dropped
+  20% of the time (GLIDE), sampled as GLIDE's notebook (100 DDPM steps,
+  guidance scale 3)."""
+  c.data.batch_size = 64
+  c.model.class_conditional = False
+  c.model.channels = 32
+  c.model.channel_mult = (1, 2, 2)
+  c.model.num_res_blocks = 1
+  c.model.attention_resolutions = (8,)
+  c.model.text_ctx = 16  # GPT-2 tokens; the longest one-object caption has 12
+  c.model.xf_width = 64
+  c.model.xf_layers = 2
+  c.model.xf_heads = 4
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 50
+  c.train.num_steps = 3000
+  c.train.log_every = 50
+  c.train.checkpoint_every = 500
+  c.train.label_dropout = 0.2  # GLIDE drops 20% of the captions
+  c.train.ema_rates = (0.995,)
+  c.sample.ema_rate = 0.995
+  c.sample.method = "ddpm"
+  c.sample.steps = "100"
+  c.sample.guidance_scale = 3.0
+  c.sample.per_class = 8
+  return c
+
+
+def quick_text(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`quick` for a text-conditional model: a one-layer text model too."""
+  quick(c)
+  c.model.xf_width = 16
+  c.model.xf_layers = 1
+  c.model.xf_heads = 2
+  c.model.num_heads = 2
+  c.sample.prompts = "a red circle|a blue square"
+  return c
+
+
 def unconditional(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """No class labels: the model classifier guidance steers (ADM's LSUN and
   unconditional ImageNet models)."""
@@ -240,6 +291,7 @@ _RULES = (
     ("sample.clip_scale", lambda v: v >= 0, ">= 0"),
     ("sample.switch_at", lambda v: 0 <= v <= 1, "in [0, 1] (a fraction of the steps)"),
     ("model.text_ctx", lambda v: v >= 0, ">= 0 (0: no text)"),
+    ("model.low_res_size", lambda v: v >= 0, ">= 0 (0: not an upsampler)"),
     ("sample.num_samples", lambda v: v >= 0, ">= 0"),
     ("sample.batch_size", lambda v: v >= 1, ">= 1"),
 )

@@ -13,6 +13,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion_jax import diffusion, platform
 from diffusion_jax.schedules import Schedule
@@ -146,35 +147,143 @@ def _report(done, total, enabled):
     jax.debug.callback(_Progress.update, done, total)
 
 
+# ------------------------------------------------------------------ editing --
+
+KNOWN_MODES = ("x0", "x_t")
+
+
+class Known(NamedTuple):
+  """Pixels the samples keep (traced: a new mask reuses the compilation).
+
+  Attributes:
+    image: [B, ..., C] in [-1, 1]; only the pixels `mask` keeps matter.
+    mask: [B, ..., 1], 1 where the pixel is known, 0 where it is sampled.
+  """
+  image: jax.Array
+  mask: jax.Array
+
+  def paste(self, x):
+    """x with the known pixels put in."""
+    return x * (1 - self.mask) + self.image * self.mask
+
+
+def repaint_plan(num_steps: int, jump: int = 10, resample: int = 10) -> np.ndarray:
+  """RePaint's schedule (Lugmayr et al. 2022) as [L, 2] int32 rows (t, up).
+
+  Row (t, 0) is a reverse step at index t (level t + 1 to level t, level 0
+  clean, level N pure noise); (t, 1) re-noises one step up, level t to
+  t + 1. Descending, at every level divisible by `jump` (and at least `jump`
+  below the top) the chain goes `jump` levels back up, `resample - 1` times,
+  so the known and generated regions harmonise. `resample=1` is plain
+  sampling: (N - 1, 0), ..., (0, 0).
+  """
+  if jump < 1 or resample < 1:
+    raise ValueError(f"RePaint needs jump >= 1 and resample >= 1, got {jump}, {resample}")
+  remaining = dict.fromkeys(range(0, num_steps - jump + 1, jump), resample - 1)
+  plan, level = [], num_steps
+  while level > 0 or remaining.get(0, 0) > 0:
+    if level > 0:
+      plan.append((level - 1, 0))
+      level -= 1
+    if remaining.get(level, 0) > 0:
+      remaining[level] -= 1
+      for _ in range(jump):
+        plan.append((level, 1))
+        level += 1
+  return np.asarray(plan, np.int32).reshape(-1, 2)
+
+
+def _replace_known(schedule: Schedule, known: Known, x_prev, t, rng):
+  """x_{t-1} whose known region is the known image noised to x_{t-1}'s level
+  (abar_prev[t]: exactly the image at the last step)."""
+  abar_prev = diffusion.extract(schedule.alphas_cumprod_prev, t, x_prev.ndim)
+  noisy = (jnp.sqrt(abar_prev) * known.image
+           + jnp.sqrt(1 - abar_prev) * jax.random.normal(rng, x_prev.shape, jnp.float32))
+  return x_prev * (1 - known.mask) + noisy * known.mask
+
+
+def _renoise(schedule: Schedule, x, t, rng):
+  """One step up, level t to t + 1: sqrt(1 - beta) x + sqrt(beta) z."""
+  beta = diffusion.extract(schedule.betas, t, x.ndim)
+  return jnp.sqrt(1 - beta) * x + jnp.sqrt(beta) * jax.random.normal(rng, x.shape, jnp.float32)
+
+
 # ------------------------------------------------------------------- loops --
 
 def _constrain(x, sharding):
   return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
-@functools.partial(platform.jit, static_argnames=(
-    "model_fn", "shape", "method", "opts", "return_trajectory", "progress",
-    "sharding"))
-def _sample(schedule, rng, eta, x_T, cond, *, model_fn, shape, method, opts,
-            return_trajectory, progress, sharding):
+class _Loop(NamedTuple):
+  """What the compiled loop is specialised on (static)."""
+  shape: tuple
+  method: str
+  opts: StepOptions
+  known_mode: Optional[str]  # None: no known pixels
+  repaint: bool  # the plan has up-steps
+  editing: bool  # starts from a re-noised image (SDEdit)
+  return_trajectory: bool
+  progress: bool
+
+
+def _start(schedule, rng, x_T, init, start, temperature, loop: _Loop):
+  """The state the loop starts from: x_T (given, or noise times
+  `temperature`), or an image re-noised to the level of step `start` - 1."""
+  noise = jax.random.normal(rng, loop.shape, jnp.float32)
+  if loop.editing:
+    t = jnp.full((loop.shape[0],), start - 1, jnp.int32)
+    return diffusion.q_sample(schedule, init.astype(jnp.float32), t, noise)
+  return noise * temperature if x_T is None else x_T
+
+
+@functools.partial(platform.jit, static_argnames=("model_fn", "loop", "sharding"))
+def _sample(schedule, rng, eta, x_T, cond, plan, known, init, strength, temperature, *,
+            model_fn, loop: _Loop, sharding):
   init_rng, loop_rng = jax.random.split(rng)
-  x = x_T if x_T is not None else jax.random.normal(init_rng, shape, jnp.float32)
-  x = _constrain(x.astype(jnp.float32), sharding)
   num_steps = schedule.num_timesteps
+  start = jnp.clip(jnp.round(strength * num_steps), 1, num_steps).astype(jnp.int32)
+  x = _start(schedule, init_rng, x_T, init, start, temperature, loop)
+  x = _constrain(x.astype(jnp.float32), sharding)
+  opts = loop.opts
+  if loop.known_mode == "x0":  # GLIDE: the known pixels pasted into each x_0
+    inner = opts.denoised_fn
+    opts = opts._replace(denoised_fn=lambda x0: known.paste(x0 if inner is None else inner(x0)))
 
-  def body(x, i):
-    t = jnp.full((shape[0],), i, jnp.int32)
-    rng = jax.random.fold_in(loop_rng, i)
-    if method == "ddpm":
-      x_prev, pred_x0 = ddpm_step(model_fn, schedule, x, t, rng, opts, **cond)
+  def down(x, t, rng):
+    step_rng, known_rng = jax.random.split(rng)
+    if loop.method == "ddpm":
+      x_prev, pred_x0 = ddpm_step(model_fn, schedule, x, t, step_rng, opts, **cond)
     else:
-      x_prev, pred_x0 = ddim_step(model_fn, schedule, x, t, rng, eta, opts, **cond)
-    x_prev = _constrain(x_prev, sharding)
-    _report(num_steps - i, num_steps, progress)
-    return x_prev, ((x_prev, pred_x0) if return_trajectory else None)
+      x_prev, pred_x0 = ddim_step(model_fn, schedule, x, t, step_rng, eta, opts, **cond)
+    if loop.known_mode == "x_t":
+      x_prev = _replace_known(schedule, known, x_prev, t, known_rng)
+    return x_prev, pred_x0
 
-  x, trajectory = jax.lax.scan(body, x, jnp.arange(num_steps - 1, -1, -1))
-  if not return_trajectory:
+  def up(x, t, rng):
+    return _renoise(schedule, x, t, rng), jnp.zeros_like(x)
+
+  def body(x, entry):
+    index, (t_index, is_up) = entry
+    t = jnp.full((loop.shape[0],), t_index, jnp.int32)
+    rng = jax.random.fold_in(loop_rng, index)
+    if loop.repaint:
+      step = lambda x, t, rng: jax.lax.cond(is_up > 0, up, down, x, t, rng)  # noqa: E731
+    else:
+      step = down
+    if loop.editing:  # SDEdit: the steps above the start level are skipped
+      x_prev, pred_x0 = jax.lax.cond(t_index < start, step,
+                                     lambda x, t, rng: (x, x), x, t, rng)
+    else:
+      x_prev, pred_x0 = step(x, t, rng)
+    x_prev = _constrain(x_prev, sharding)
+    _report(index + 1, plan.shape[0], loop.progress)
+    return x_prev, ((x_prev, pred_x0) if loop.return_trajectory else None)
+
+  entries = (jnp.arange(plan.shape[0]), (plan[:, 0], plan[:, 1]))
+  x, trajectory = jax.lax.scan(body, x, entries)
+  if loop.known_mode is not None:  # the kept pixels returned exactly
+    x = known.paste(x)
+  if not loop.return_trajectory:
     return x
   return x, {"x": trajectory[0], "pred_x0": trajectory[1]}
 
@@ -195,12 +304,31 @@ def _check_start(shape, x_T):
     raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape is {shape}")
 
 
+def _check_editing(shape, known, known_mode, init_image, strength, x_T):
+  if known is not None:
+    diffusion.check_choice("known_mode", known_mode, KNOWN_MODES)
+    if tuple(known.image.shape) != shape or tuple(known.mask.shape) != shape[:-1] + (1,):
+      raise ValueError(f"known image and mask must be {shape} and {shape[:-1] + (1,)}; got "
+                       f"{tuple(known.image.shape)} and {tuple(known.mask.shape)}")
+  if init_image is not None:
+    if tuple(init_image.shape) != shape:
+      raise ValueError(f"init_image has shape {tuple(init_image.shape)} but shape is {shape}")
+    if x_T is not None:
+      raise ValueError("give x_T or init_image (a re-noised start), not both")
+  if isinstance(strength, (int, float)) and not 0 < strength <= 1:
+    raise ValueError(f"strength must be in (0, 1], got {strength}")
+
+
 def sample(model_fn: Callable, schedule: Schedule, shape: Sequence[int],
            rng: jax.Array, *, method: str = "ddpm", eta: float = 0.0,
            clip_denoised: bool = True, parameterization: str = "eps",
            variance: str = "fixed_small", cond_fn: Optional[Callable] = None,
            denoised_fn: Optional[Callable] = None,
-           x_T: Optional[jax.Array] = None, return_trajectory: bool = False,
+           x_T: Optional[jax.Array] = None, temperature: float = 1.0,
+           known: Optional[Known] = None, known_mode: str = "x_t",
+           resample: int = 1, jump: int = 10,
+           init_image: Optional[jax.Array] = None, strength: float = 1.0,
+           return_trajectory: bool = False,
            progress: bool = False, sharding: Any = None, **cond):
   """Draws samples by running the reverse process, compiled as one program.
 
@@ -218,9 +346,19 @@ def sample(model_fn: Callable, schedule: Schedule, shape: Sequence[int],
     parameterization: "eps", "x0" or "v", what the network predicts.
     variance: "fixed_small", "fixed_large", "learned_range" or "learned".
     cond_fn: guidance gradient `cond_fn(x_t, t, **cond)`, or None.
-    denoised_fn: maps each predicted x_0 before it is used (e.g. pastes the
-      known pixels when inpainting).
+    denoised_fn: maps each predicted x_0 before it is used.
     x_T: [shape] starting noise; drawn from `rng` when None.
+    temperature: scales the drawn starting noise (GLIDE's upsampler: 0.997).
+    known: pixels to keep (inpainting), traced; the result holds them
+      exactly. How the rest is made consistent with them:
+    known_mode: "x0" pastes them into every predicted x_0 (GLIDE, for a
+      model trained to inpaint); "x_t" replaces the known region of each
+      x_{t-1} by the known image noised to its level (any model).
+    resample, jump: RePaint's resampling (with known pixels; RePaint's
+      defaults are 10 and 10); resample = 1 is off.
+    init_image: [shape] an image to edit (SDEdit): it is noised to the level
+      of the step `round(strength * N)` and denoised from there.
+    strength: in (0, 1], traced (a new strength reuses the compilation).
     return_trajectory: also return every intermediate state.
     progress: show a progress bar (a host callback per step; off by default).
     sharding: a `jax.sharding.Sharding` for the samples, e.g. batch-sharded
@@ -229,17 +367,22 @@ def sample(model_fn: Callable, schedule: Schedule, shape: Sequence[int],
       cond_fn, e.g. `y=labels`.
 
   Returns:
-    x_0 [shape], or (x_0, {"x": [N, *shape], "pred_x0": [N, *shape]}) with
-    the trajectory ordered from the first step (t = N - 1) to the last.
+    x_0 [shape], or (x_0, {"x": [L, *shape], "pred_x0": [L, *shape]}) with
+    the trajectory ordered from the first step to the last.
   """
   shape = tuple(int(s) for s in shape)
   _check_options(method, eta, variance, parameterization)
   _check_start(shape, x_T)
+  _check_editing(shape, known, known_mode, init_image, strength, x_T)
+  if resample > 1 and known is None:
+    raise ValueError("RePaint resampling (resample > 1) needs known pixels to harmonise with")
+  plan = repaint_plan(schedule.num_timesteps, jump, resample)
   opts = StepOptions(clip_denoised, parameterization, variance, denoised_fn, cond_fn)
-  return _sample(schedule, rng, jnp.float32(eta), x_T, cond, model_fn=model_fn,
-                 shape=shape, method=method, opts=opts,
-                 return_trajectory=return_trajectory, progress=progress,
-                 sharding=sharding)
+  loop = _Loop(shape, method, opts, None if known is None else known_mode, resample > 1,
+               init_image is not None, return_trajectory, progress)
+  return _sample(schedule, rng, jnp.float32(eta), x_T, cond, plan, known, init_image,
+                 jnp.float32(strength), jnp.float32(temperature), model_fn=model_fn,
+                 loop=loop, sharding=sharding)
 
 
 @functools.partial(platform.jit, static_argnames=("model_fn", "opts", "sharding"))

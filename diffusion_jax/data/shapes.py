@@ -13,7 +13,9 @@ object, or of the larger one when there are two. `label_name(label)` gives
 "red circle".
 
 `Shapes` is the TFDS builder (configs "one_object_16" ... "two_objects_64");
-split `s` holds `render_example(SPLIT_SEEDS[s], i, ...)` at index `i`.
+split `s` holds `render_example(SPLIT_SEEDS[s], i, ...)` at index `i`. The
+upsampling configs ("one_object_16_to_32", "two_objects_32_to_64") add a
+"low_res" image: the same scene rendered at the smaller size.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ POSITIONS = ("top left", "top", "top right", "left", "center", "right",
              "bottom left", "bottom", "bottom right")
 NUM_CLASSES = len(SHAPES) * len(COLORS)
 IMAGE_SIZES = (16, 32, 64)
+# (objects, low-res size, image size) of the upsampling configs.
+UPSAMPLING = ((1, 16, 32), (2, 32, 64))
 # The int64 attributes of each object; the second object's carry a "2".
 ATTRIBUTES = ("shape", "color", "size", "position")
 # The number of values of each attribute.
@@ -265,12 +269,23 @@ def render_example(seed: int, index: int, image_size: int = 16,
   return {"image": image, "label": label, **_attributes(objects), "caption": caption}
 
 
-def features(image_size: int, num_objects: int) -> tfds.features.FeaturesDict:
+def render_pair(seed: int, index: int, low_res_size: int, image_size: int,
+                num_objects: int = 1) -> dict:
+  """`render_example` at `image_size`, with "low_res" [s, s, 3]: the same
+  scene rendered at `low_res_size` (its own anti-aliasing and texture)."""
+  example = render_example(seed, index, image_size, num_objects)
+  example["low_res"] = render_example(seed, index, low_res_size, num_objects)["image"]
+  return example
+
+
+def features(image_size: int, num_objects: int,
+             low_res_size: int = 0) -> tfds.features.FeaturesDict:
   """The TFDS features of `render_example(..., image_size, num_objects)`.
 
   Args:
     image_size: side S of the images.
     num_objects: 1 or 2; two objects add "shape2", "color2", "size2", "position2".
+    low_res_size: > 0 adds "low_res", a uint8 [s, s, 3] render (`render_pair`).
 
   Returns:
     int64 scalar tensors, "image" a uint8 [S, S, 3] tensor, "caption" text.
@@ -279,6 +294,9 @@ def features(image_size: int, num_objects: int) -> tfds.features.FeaturesDict:
   spec = {"image": tfds.features.Tensor(shape=(image_size, image_size, 3),
                                         dtype=np.uint8),
           "label": scalar(), "caption": tfds.features.Text()}
+  if low_res_size:
+    spec["low_res"] = tfds.features.Tensor(shape=(low_res_size, low_res_size, 3),
+                                           dtype=np.uint8)
   for suffix in ("", "2")[:num_objects]:
     spec.update({key + suffix: scalar() for key in ATTRIBUTES})
   return tfds.features.FeaturesDict(spec)
@@ -286,16 +304,22 @@ def features(image_size: int, num_objects: int) -> tfds.features.FeaturesDict:
 
 @dataclasses.dataclass
 class ShapesConfig(tfds.core.BuilderConfig):
-  """A `Shapes` variant: image side and number of objects."""
+  """A `Shapes` variant: image side, number of objects, and the side of the
+  low-res render upsampling configs add (0: none)."""
   image_size: int = 16
   num_objects: int = 1
+  low_res_size: int = 0
 
 
-def _make_config(num_objects: int, image_size: int) -> ShapesConfig:
+def _make_config(num_objects: int, image_size: int, low_res_size: int = 0) -> ShapesConfig:
   kind = "one_object" if num_objects == 1 else "two_objects"
-  return ShapesConfig(name=f"{kind}_{image_size}", image_size=image_size,
-                      num_objects=num_objects,
-                      description=f"{kind.replace('_', ' ')}, {image_size}x{image_size}")
+  name = f"{kind}_{image_size}"
+  description = f"{kind.replace('_', ' ')}, {image_size}x{image_size}"
+  if low_res_size:
+    name = f"{kind}_{low_res_size}_to_{image_size}"
+    description += f" with the same scene at {low_res_size}x{low_res_size}"
+  return ShapesConfig(name=name, image_size=image_size, num_objects=num_objects,
+                      low_res_size=low_res_size, description=description)
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
@@ -303,7 +327,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
-  BUILDER_CONFIGS = [_make_config(n, s) for n in (1, 2) for s in IMAGE_SIZES]
+  BUILDER_CONFIGS = ([_make_config(n, s) for n in (1, 2) for s in IMAGE_SIZES]
+                     + [_make_config(n, s, low) for n, low, s in UPSAMPLING])
   DEFAULT_CONFIG_NAME = "one_object_16"
 
   @tfds.core.utils.classproperty
@@ -316,7 +341,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     return tfds.core.DatasetInfo(
-        builder=self, features=features(config.image_size, config.num_objects),
+        builder=self, features=features(config.image_size, config.num_objects,
+                                        config.low_res_size),
         description=__doc__, supervised_keys=("image", "label"),
         disable_shuffling=True)  # example i of a split is render_example(seed, i)
 
@@ -327,5 +353,9 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str):
     config = self.builder_config
     for index in range(SPLIT_SIZES[split]):
-      yield index, render_example(SPLIT_SEEDS[split], index, config.image_size,
-                                  config.num_objects)
+      if config.low_res_size:
+        yield index, render_pair(SPLIT_SEEDS[split], index, config.low_res_size,
+                                 config.image_size, config.num_objects)
+      else:
+        yield index, render_example(SPLIT_SEEDS[split], index, config.image_size,
+                                    config.num_objects)

@@ -9,8 +9,11 @@ nothing. Each input says:
 - `from_example`: how a dataset example makes it (on the host, in the pipeline);
 - `placeholder`: dummy values for initialising the network;
 - `null`: its null value, for condition dropout in training and for
-  classifier-free guidance, or None when the model has none;
-- `drop`: condition dropout inside the (traced) train step;
+  classifier-free guidance, or None when the model has none; {} when it is
+  kept as given under guidance (images: GLIDE guides an inpainting model
+  with the same known pixels in both halves);
+- `for_training`: what the (traced) train step feeds the network from a
+  batch: condition dropout, training masks, low-res augmentation;
 - `prepare`: validation of what a user passes, as model-ready arrays;
 - `default`: values for a batch when the user passes none.
 
@@ -18,8 +21,8 @@ An input the network encodes once per sample call (a caption, whose text
 model runs once, not at every step) also has `encode(model, params, values)`
 and `encoded_keys`, the model arguments the encoding supplies instead.
 
-Inpainting will add a mask and known image, upsampling a low-resolution
-image: each is a new class here and one line in `spec.py`.
+Inpainting adds a known image and mask (`KnownImage`, `KnownMask`),
+upsampling a low-resolution image (`LowResImage`).
 """
 from __future__ import annotations
 
@@ -30,7 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax import masks as masks_lib
 from diffusion_jax import validation
+from diffusion_jax.data.pipeline import to_model_image
 from diffusion_jax.text import tokenizer as tok_lib
 
 Arrays = Mapping[str, Any]
@@ -61,9 +66,9 @@ class ClassLabel:
       return None
     return {"y": np.full((batch_size,), self.null_label, np.int32)}
 
-  def drop(self, rng: jax.Array, values: Arrays, prob: float) -> dict[str, jax.Array]:
+  def for_training(self, rng: jax.Array, batch: Arrays, prob: float) -> dict[str, jax.Array]:
     """Replaces each label by the null class with probability `prob`."""
-    labels = values["y"]
+    labels = batch["y"]
     if prob <= 0:
       return {"y": labels}
     if self.null_label is None:
@@ -108,9 +113,9 @@ class Caption:
     tokens, mask = tok_lib.pad_and_mask([""] * batch_size, self.text_ctx)
     return {"tokens": tokens, "mask": mask}
 
-  def drop(self, rng: jax.Array, values: Arrays, prob: float) -> dict[str, jax.Array]:
+  def for_training(self, rng: jax.Array, batch: Arrays, prob: float) -> dict[str, jax.Array]:
     """Replaces each caption by the empty prompt with probability `prob`."""
-    tokens, mask = values["tokens"], values["mask"]
+    tokens, mask = batch["tokens"], batch["mask"]
     if prob <= 0:
       return {"tokens": tokens, "mask": mask}
     keep = ~jax.random.bernoulli(rng, prob, tokens.shape[:1])[:, None]  # [B, 1]
@@ -156,6 +161,153 @@ class ClipCaption:
 
   def default(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     raise ValueError(f"CLIP guidance needs {self.arg}: one per sample")
+
+
+def _broadcast(array: np.ndarray, batch_size: Optional[int], name: str) -> np.ndarray:
+  """One image (or mask) for the whole batch, or one per sample."""
+  if batch_size is None or array.shape[0] == batch_size:
+    return array
+  if array.shape[0] == 1:
+    return np.repeat(array, batch_size, axis=0)
+  raise ValueError(f"{array.shape[0]} {name} for a batch of {batch_size}: give one, "
+                   "or one per sample")
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownImage:
+  """The image an inpainting model completes (GLIDE's `inpaint_image`):
+  float32 [B, S, S, C]; only the pixels `KnownMask` keeps matter. In
+  training, the batch's own image. Default zeros (nothing known)."""
+  image_size: int
+  channels: int
+  arg: str = "image"
+  keys: tuple = ("inpaint_image",)
+  optional: bool = True  # default zeros, drawn without randomness
+
+  def from_example(self, example: Mapping[str, Any]) -> dict:
+    return {}  # the batch's image, in `for_training`
+
+  def placeholder(self, batch_size: int) -> dict[str, jax.Array]:
+    return {"inpaint_image": jnp.zeros(self._shape(batch_size), jnp.float32)}
+
+  def null(self, batch_size: int) -> dict:
+    return {}  # guidance keeps the known pixels in both halves
+
+  def for_training(self, rng: jax.Array, batch: Arrays, prob: float) -> dict[str, jax.Array]:
+    return {"inpaint_image": batch["image"]}
+
+  def prepare(self, value, batch_size: Optional[int]) -> dict[str, np.ndarray]:
+    images = validation.check_images(value, image_size=self.image_size,
+                                     channels=self.channels, name=self.arg)
+    return {"inpaint_image": _broadcast(images, batch_size, "images")}
+
+  def default(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"inpaint_image": np.zeros(self._shape(batch_size), np.float32)}
+
+  def _shape(self, batch_size: int) -> tuple:
+    return (batch_size, self.image_size, self.image_size, self.channels)
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownMask:
+  """Where an inpainting model's known image holds: float32 [B, S, S, 1], 1
+  kept, 0 to fill (GLIDE's `inpaint_mask`). In training, random boxes and
+  brush strokes (`masks.random_masks`). Default zeros (nothing known)."""
+  image_size: int
+  arg: str = "mask"
+  keys: tuple = ("inpaint_mask",)
+  optional: bool = True
+
+  def from_example(self, example: Mapping[str, Any]) -> dict:
+    return {}  # drawn in `for_training`
+
+  def placeholder(self, batch_size: int) -> dict[str, jax.Array]:
+    return {"inpaint_mask": jnp.zeros(self._shape(batch_size), jnp.float32)}
+
+  def null(self, batch_size: int) -> dict:
+    return {}
+
+  def for_training(self, rng: jax.Array, batch: Arrays, prob: float) -> dict[str, jax.Array]:
+    batch_size, height, width = batch["image"].shape[:3]
+    return {"inpaint_mask": masks_lib.random_masks(rng, batch_size, height, width)}
+
+  def prepare(self, value, batch_size: Optional[int]) -> dict[str, np.ndarray]:
+    array = np.asarray(value)
+    if array.ndim == 2:
+      array = array[..., None]
+    if array.ndim == 3:
+      array = array[None]
+    mask = validation.check_mask(array, (array.shape[0], self.image_size, self.image_size))
+    return {"inpaint_mask": _broadcast(mask, batch_size, "masks")}
+
+  def default(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"inpaint_mask": np.zeros(self._shape(batch_size), np.float32)}
+
+  def _shape(self, batch_size: int) -> tuple:
+    return (batch_size, self.image_size, self.image_size, 1)
+
+
+# Training-only degradation of an upsampler's low-res input, so that it
+# tolerates a base model's samples: half of the examples are blurred by a
+# Gaussian of std U(0.3, 1.0) low-res pixels, then noised with std U(0, 0.08)
+# (in [-1, 1] units). Sampling feeds the low-res image as it is: GLIDE's
+# upsampler has no noise-level input, and ours keeps GLIDE's inputs.
+LOW_RES_BLUR = (0.3, 1.0)
+LOW_RES_NOISE = 0.08
+
+
+def degrade_low_res(rng: jax.Array, low_res: jax.Array) -> jax.Array:
+  """`LOW_RES_BLUR` and `LOW_RES_NOISE` applied to half of [B, s, s, C] (traced)."""
+  pick_rng, sigma_rng, std_rng, noise_rng = jax.random.split(rng, 4)
+  batch = low_res.shape[0]
+  sigma = jax.random.uniform(sigma_rng, (batch, 1), minval=LOW_RES_BLUR[0],
+                             maxval=LOW_RES_BLUR[1])
+  taps = jnp.arange(-2, 3, dtype=jnp.float32)[None, :]  # [1, 5]
+  kernel = jnp.exp(-0.5 * (taps / sigma) ** 2)
+  kernel = kernel / kernel.sum(-1, keepdims=True)  # [B, 5]
+  padded = jnp.pad(low_res, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+  size_y, size_x = low_res.shape[1:3]
+  k = kernel[:, :, None, None]
+  rows = sum(k[:, i, None] * padded[:, i:i + size_y] for i in range(5))  # [B, s, s+4, C]
+  blurred = sum(k[:, i, None] * rows[:, :, i:i + size_x] for i in range(5))
+  std = jax.random.uniform(std_rng, (batch, 1, 1, 1), maxval=LOW_RES_NOISE)
+  degraded = jnp.clip(blurred + std * jax.random.normal(noise_rng, low_res.shape), -1, 1)
+  pick = jax.random.bernoulli(pick_rng, 0.5, (batch, 1, 1, 1))
+  return jnp.where(pick, degraded, low_res)
+
+
+@dataclasses.dataclass(frozen=True)
+class LowResImage:
+  """An upsampler's low-resolution input: float32 [B, s, s, C]. From a
+  dataset example's "low_res" render when it has one of this size (shapes'
+  "..._to_..." configs: the same scene at both sizes), else its image
+  resized; degraded in training (`degrade_low_res`)."""
+  size: int
+  channels: int
+  arg: str = "low_res"
+  keys: tuple = ("low_res",)
+
+  def from_example(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    image = example["low_res"] if "low_res" in example else example["image"]
+    return {"low_res": to_model_image(image, self.size, self.channels)}
+
+  def placeholder(self, batch_size: int) -> dict[str, jax.Array]:
+    return {"low_res": jnp.zeros((batch_size, self.size, self.size, self.channels))}
+
+  def null(self, batch_size: int) -> dict:
+    return {}
+
+  def for_training(self, rng: jax.Array, batch: Arrays, prob: float) -> dict[str, jax.Array]:
+    return {"low_res": degrade_low_res(rng, batch["low_res"])}
+
+  def prepare(self, value, batch_size: Optional[int]) -> dict[str, np.ndarray]:
+    images = validation.check_images(value, image_size=self.size, channels=self.channels,
+                                     name=self.arg)
+    return {"low_res": _broadcast(images, batch_size, "low-res images")}
+
+  def default(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    raise ValueError(f"an upsampler needs {self.arg}: the {self.size}x{self.size} images "
+                     "to upsample")
 
 
 def batch_size_of(values: Arrays) -> Optional[int]:

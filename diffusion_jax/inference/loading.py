@@ -256,6 +256,23 @@ def check_params(params, spec: ModelSpec, where: str) -> None:
       raise ValueError(f"{where}: {name} has {have} but {spec.describe()} {builds}")
 
 
+def widen_input(params, spec: ModelSpec):
+  """`params` with the input conv widened by zero kernels where `spec`'s
+  network takes more input channels (an inpainting model's image and mask,
+  an upsampler's low-res image), as GLIDE started its inpainting model from
+  its base: at the start it computes the base model's function."""
+  if "input_blocks_0_0" not in params:
+    return params
+  expected = jax.eval_shape(spec.init_params, jax.random.PRNGKey(0))
+  have = params["input_blocks_0_0"]["kernel"]
+  want = expected["input_blocks_0_0"]["kernel"].shape
+  if have.shape[2] >= want[2] or have.shape[:2] + have.shape[3:] != want[:2] + want[3:]:
+    return params
+  extra = jnp.zeros(have.shape[:2] + (want[2] - have.shape[2],) + have.shape[3:], have.dtype)
+  widened = dict(params["input_blocks_0_0"], kernel=jnp.concatenate([have, extra], axis=2))
+  return dict(params, input_blocks_0_0=widened)
+
+
 def _flatten_params(params) -> dict[str, np.ndarray]:
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
   return {k: np.asarray(jax.device_get(v), np.float32) for k, v in flat.items()}

@@ -33,6 +33,9 @@ class SampleSettings:
     clip_denoised: clip each predicted x_0 to [-1, 1].
     switch_at: with a prompt schedule, the fraction of the steps (from
       t = T) drawn with the first prompts; the rest use `prompts_after`.
+    temperature: scales the starting noise (GLIDE's upsampler: 0.997).
+    resample, jump: RePaint's resampling when inpainting with a model not
+      trained to inpaint (resample 1: off; RePaint's defaults 10, 10).
   """
   method: str = "ddim"
   steps: str = "50"
@@ -40,6 +43,9 @@ class SampleSettings:
   guidance_scale: float = 1.0
   clip_denoised: bool = True
   switch_at: float = 1.0
+  temperature: float = 1.0
+  resample: int = 1
+  jump: int = 10
 
   @classmethod
   def names(cls) -> tuple:
@@ -60,7 +66,8 @@ class SampleSettings:
     values.update(overrides)
     return cls(str(values["method"]), str(values["steps"]), float(values["eta"]),
                float(values["guidance_scale"]), bool(values["clip_denoised"]),
-               float(values["switch_at"]))
+               float(values["switch_at"]), float(values["temperature"]),
+               int(values["resample"]), int(values["jump"]))
 
   def check(self, spec: ModelSpec) -> None:
     """Raises a one-line ValueError for settings this model cannot sample with."""
@@ -78,13 +85,18 @@ class SampleSettings:
                        "train.label_dropout > 0 (a null class for classifier-free guidance)")
     if not 0.0 <= self.switch_at <= 1.0:
       raise ValueError(f"sample.switch_at must be in [0, 1], got {self.switch_at}")
+    if self.temperature <= 0:
+      raise ValueError(f"sample.temperature must be > 0, got {self.temperature}")
+    if self.resample < 1 or self.jump < 1:
+      raise ValueError(f"sample.resample and sample.jump must be >= 1, got "
+                       f"{self.resample} and {self.jump}")
 
   def program_key(self) -> tuple:
     """What the compiled program is specialised on: the CFG and prompt-switch
     values are its arguments (a scale sweep compiles once), only whether CFG
     doubles the batch is not."""
     return (self.method, self.steps, self.eta, self.clip_denoised,
-            self.guidance_scale != 1.0)
+            self.guidance_scale != 1.0, self.resample, self.jump)
 
   def switch_timestep(self, fast: schedules.Schedule) -> int:
     """The original timestep from which on (t below it) `prompts_after` is
@@ -94,6 +106,35 @@ class SampleSettings:
     if first == 0:
       return np.iinfo(np.int32).max  # every step uses prompts_after
     return int(np.asarray(fast.timesteps)[steps - first])
+
+
+@dataclasses.dataclass(frozen=True)
+class EditInputs:
+  """What an edit starts from: arguments (traced) of the compiled sampler,
+  so a new mask, image or strength reuses the compilation.
+
+  Attributes:
+    known_image, known_mask: [B, S, S, C] in [-1, 1] and [B, S, S, 1] (1 =
+      keep): pixels the samples keep exactly. An inpainting model also takes
+      them as its inputs and has them pasted into each predicted x_0
+      (GLIDE); any other model has the known region of each x_{t-1}
+      replaced by the known image noised to its level.
+    init_image: [B, S, S, C] an image to re-noise and denoise (SDEdit).
+    strength: in (0, 1], how far `init_image` is noised: the fraction of
+      the steps run.
+  """
+  known_image: Optional[np.ndarray] = None
+  known_mask: Optional[np.ndarray] = None
+  init_image: Optional[np.ndarray] = None
+  strength: float = 1.0
+
+  def arrays(self) -> dict:
+    return {k: v for k, v in (("known_image", self.known_image),
+                              ("known_mask", self.known_mask),
+                              ("init_image", self.init_image)) if v is not None}
+
+  def program_key(self) -> tuple:
+    return (self.known_mask is not None, self.init_image is not None)
 
 
 class Sampler:
@@ -112,8 +153,8 @@ class Sampler:
 
   def sample(self, params, rng: jax.Array, cond: Mapping[str, np.ndarray],
              settings: SampleSettings, batch_size: Optional[int] = None,
-             guide=None, cond_after: Optional[Mapping[str, np.ndarray]] = None
-             ) -> np.ndarray:
+             guide=None, cond_after: Optional[Mapping[str, np.ndarray]] = None,
+             edit: Optional[EditInputs] = None) -> np.ndarray:
     """Images float32 [B, S, S, C] in [-1, 1].
 
     Args:
@@ -127,6 +168,7 @@ class Sampler:
         parameters and scale are arguments of the compiled program.
       cond_after: a prompt schedule's second conditioning (the model's own
         inputs, [B, ...]), used from `settings.switch_at` on.
+      edit: known pixels to keep, or an image to re-noise (`EditInputs`).
     """
     settings.check(self.spec)
     batch = _batch_size(cond, batch_size)
@@ -135,9 +177,13 @@ class Sampler:
     if cond_after is not None and guide is not None and guide.target.arg == "prompts":
       raise ValueError("a prompt schedule (prompts_after) with CLIP guidance is not "
                        "supported: the CLIP would guide towards the first prompts only")
+    edit = edit or EditInputs()
+    if edit.arrays() and _batch_size(edit.arrays(), batch) != batch:
+      raise ValueError("the edit's images and masks must be one per sample")
     padded = self._padded(batch)
     guide_spec = None if guide is None else guide.spec
-    key = ("sample", settings.program_key(), padded, guide_spec, cond_after is None)
+    key = ("sample", settings.program_key(), padded, guide_spec, cond_after is None,
+           edit.program_key())
     fn = self._program(key, lambda: self._build_sample(settings, padded, guide,
                                                        cond_after is not None))
     guide_args = ((None, None) if guide is None else
@@ -145,7 +191,9 @@ class Sampler:
     after = None if cond_after is None else _pad(cond_after, padded)
     switch_t = settings.switch_timestep(schedules.respace(self.spec.schedule, settings.steps))
     images = fn(self._placed(params), _raw_key(rng), _pad(cond, padded), after,
-                np.float32(settings.guidance_scale), np.int32(switch_t), *guide_args)
+                np.float32(settings.guidance_scale), np.int32(switch_t), *guide_args,
+                np.float32(settings.temperature), _pad(edit.arrays(), padded),
+                np.float32(edit.strength))
     return np.asarray(images)[:batch]
 
   def encode(self, params, x0: np.ndarray, cond: Mapping[str, np.ndarray],
@@ -196,7 +244,7 @@ class Sampler:
     null = spec.null_cond(1) if settings.guidance_scale != 1.0 else None
 
     def sample_fn(params, rng, cond, cond_after, cfg_scale, switch_t, guide_params,
-                  guide_scale):
+                  guide_scale, temperature, edit, strength):
       # Text is encoded here, once per call, not at every step.
       cond = spec.encode_cond(params, cond)
       model_fn = self._model_fn(params)
@@ -210,11 +258,18 @@ class Sampler:
       if guide is not None:
         cond = guide.encode_cond(guide_params, cond)
         cond_fn = guide.cond_fn(guide_params, guide_scale)
+      known = None
+      if "known_mask" in edit:
+        known = sampling.Known(edit["known_image"], edit["known_mask"])
       images = sampling.sample(model_fn, fast, shape, rng, method=settings.method,
                                eta=settings.eta, clip_denoised=settings.clip_denoised,
                                parameterization=spec.parameterization,
                                variance=spec.variance, cond_fn=cond_fn,
-                               sharding=self._batch_sharding(), **cond)
+                               temperature=temperature, known=known,
+                               known_mode="x0" if spec.inpaints else "x_t",
+                               resample=settings.resample if known is not None else 1,
+                               jump=settings.jump, init_image=edit.get("init_image"),
+                               strength=strength, sharding=self._batch_sharding(), **cond)
       # The last step's mean (shifted by a guide's gradient) may leave
       # [-1, 1] slightly: images are promised in range.
       return jnp.clip(images, -1.0, 1.0)

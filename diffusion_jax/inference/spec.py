@@ -60,9 +60,30 @@ class ModelSpec:
     classes = f" of {self.num_classes} classes" if self.num_classes else ""
     what = {"diffusion": "diffusion model", "classifier": "noisy classifier",
             "evaluator": "clean-image evaluator", "clip": "noised CLIP"}[self.kind]
-    if self.kind == "diffusion" and self.cond_keys == ("tokens", "mask"):
-      what = "text-to-image diffusion model"
+    if self.kind == "diffusion":
+      what = self._denoiser_kind()
     return f"a {size} {what}{classes}"
+
+  def _denoiser_kind(self) -> str:
+    keys = set(self.cond_keys)
+    what = "diffusion model"
+    if "inpaint_mask" in keys:
+      what = "inpainting model"
+    if self.low_res_size:
+      what = f"upsampler (from {self.low_res_size}x{self.low_res_size})"
+    return ("text-conditional " if "tokens" in keys and what != "diffusion model" else
+            "text-to-image " if "tokens" in keys else "") + what
+
+  @property
+  def inpaints(self) -> bool:
+    """Whether the network takes a known image and mask (GLIDE's inpainting model)."""
+    return "inpaint_mask" in self.cond_keys
+
+  @property
+  def low_res_size(self) -> int:
+    """The side of an upsampler's low-res input (0: not an upsampler)."""
+    return next((c.size for c in self.conditioning
+                 if isinstance(c, cond_lib.LowResImage)), 0)
 
   def init_params(self, rng: jax.Array) -> Any:
     x = jnp.zeros((1,) + tuple(self.image_shape), jnp.float32)
@@ -106,14 +127,14 @@ class ModelSpec:
     nulls = [c.null(batch_size) for c in self.conditioning]
     if not nulls or any(n is None for n in nulls):
       return None
-    return _merged(nulls)
+    return _merged(nulls) or None  # only kept inputs: nothing to guide by
 
   def training_cond(self, batch: Mapping[str, jax.Array], rng: jax.Array,
                     dropout: float) -> dict:
     """The model's conditioning of a train batch, each input dropped to its
     null value with probability `dropout` (traced)."""
     rngs = jax.random.split(rng, max(len(self.conditioning), 1))
-    return _merged(c.drop(r, {k: batch[k] for k in c.keys}, dropout)
+    return _merged(c.for_training(r, batch, dropout)
                    for c, r in zip(self.conditioning, rngs))
 
   def prepare_cond(self, given: Mapping[str, Any], batch_size: Optional[int] = None,
@@ -151,7 +172,8 @@ class ModelSpec:
     batch_size = batch_size or cond_lib.batch_size_of(prepared)
     for inp in inputs:
       if inp.arg not in given:
-        if rng is None or batch_size is None:
+        optional = getattr(inp, "optional", False)  # a default without randomness
+        if batch_size is None or (rng is None and not optional):
           raise ValueError(f"{self.describe()} needs {inp.arg}")
         prepared.update(inp.default(batch_size, rng))
     return prepared
@@ -204,6 +226,15 @@ def _diffusion_spec(config, info: DatasetInfo) -> ModelSpec:
       raise ValueError(f"model.text_ctx > 0 makes a text-to-image model, which needs "
                        f"captions; {config.data.name!r} has none")
     inputs.append(cond_lib.Caption(config.model.text_ctx))
+  if config.model.get("inpaint"):
+    inputs += [cond_lib.KnownImage(info.image_size, info.channels),
+               cond_lib.KnownMask(info.image_size)]
+  low_res = config.model.get("low_res_size", 0)
+  if low_res:
+    if info.image_size % low_res or low_res >= info.image_size:
+      raise ValueError(f"model.low_res_size {low_res} must divide the image size "
+                       f"{info.image_size} and be smaller")
+    inputs.append(cond_lib.LowResImage(low_res, info.channels))
   model = factory.make_unet(config.model, info.image_size, info.channels, table)
   return ModelSpec("diffusion", model, _schedule(config), _image_shape(info), tuple(inputs),
                    parameterization=config.diffusion.parameterization,

@@ -47,9 +47,10 @@ def initial_params(task: tasks.TrainTask, config, info: pipeline.DatasetInfo):
   if bundle.spec.num_classes != task.spec.num_classes:
     raise ValueError(f"train.init_from: {source} was trained on {bundle.spec.num_classes} "
                      f"classes but {config.data.name!r} has {info.num_classes}")
-  loading.check_params(bundle.params, task.spec, f"train.init_from {source}")
+  params = loading.widen_input(bundle.params, task.spec)
+  loading.check_params(params, task.spec, f"train.init_from {source}")
   logging.info("starting from %s (%s)", source, bundle)
-  return bundle.params
+  return params
 
 
 def restore_or_init(task: tasks.TrainTask, config, mesh, checkpointer, info, workdir="."):
@@ -88,7 +89,12 @@ def check_config(config, task: tasks.TrainTask) -> Optional[SampleSettings]:
   jax.eval_shape(task.spec.init_params, jax.random.PRNGKey(0))
   if not task.spec.samples:
     return None
-  return sample_mode.check_sample_config(config.sample, task.spec)
+  settings = sample_mode.check_sample_config(config.sample, task.spec)
+  if task.spec.low_res_size:
+    logging.info("no sample grids in training: an upsampler needs low-res images "
+                 "(--mode=sample --config.sample.base_samples=...)")
+    return None
+  return settings
 
 
 class _Progress:
