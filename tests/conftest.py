@@ -130,6 +130,15 @@ def run_steps(config, mesh, num_steps, process_index=None, process_count=None):
   return state, losses
 
 
+def perturbed(params, seed=0, std=0.05):
+  """Every parameter plus noise, so that none is zero (zero-initialised
+  output layers would hide the conditioning)."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [a + std * jax.random.normal(k, a.shape)
+                                   for a, k in zip(leaves, keys)])
+
+
 def flat_arrays(tree) -> dict:
   """Every leaf as a host numpy array, by key path."""
   flat = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ONE_DEVICE, error_line, quick_config, run_cli
+from conftest import ONE_DEVICE, error_line, perturbed, quick_config, run_cli
 from diffusion_jax import guidance
 from diffusion_jax.data.pipeline import DatasetInfo
 from diffusion_jax.inference import guide as guide_lib
@@ -127,15 +127,6 @@ def test_clip_cond_fn_is_glides_formula_differentiated(shared_dir):
 
 
 @jax.jit
-def perturbed(params, seed=0, std=0.05):
-  """Every parameter plus noise, so that none is zero (zero-initialised
-  output layers would hide the conditioning)."""
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(tree, [a + std * jax.random.normal(k, a.shape)
-                                   for a, k in zip(leaves, keys)])
-
-
 @pytest.fixture(scope="module")
 def text_bundle():
   """The quick text-to-image model, random (perturbed) weights, in a Bundle."""

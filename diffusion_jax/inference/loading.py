@@ -32,6 +32,7 @@ from diffusion_jax import checkpoint as ckpt_lib
 from diffusion_jax import validation
 from diffusion_jax.data.pipeline import DatasetInfo
 from diffusion_jax.inference import conditioning as cond_lib
+from diffusion_jax.inference import editing
 from diffusion_jax.inference import guide as guide_lib
 from diffusion_jax.inference.sampler import Sampler, SampleSettings
 from diffusion_jax.inference.spec import ModelSpec, make_spec
@@ -131,6 +132,11 @@ class Bundle:
         that cannot guide this model (naming the difference).
     """
     guide = self._guide(classifier, classifier_scale, clip, clip_scale)
+    return self._draw(num, seed, kwargs, guide=guide, prompts_after=prompts_after)
+
+  def _draw(self, num, seed, kwargs, edit=None, guide=None, prompts_after=None):
+    """Samples with conditioning and settings `kwargs`, an optional
+    `sampler.EditInputs` and guide (`editing.py` draws through this)."""
     extra = () if guide is None else (guide.target,)
     settings, cond_args = self._split(kwargs, extra)
     settings.check(self.spec)
@@ -141,7 +147,25 @@ class Bundle:
     if prompts_after is not None:
       cond_after = self.spec.prepare_after(prompts_after, cond_lib.batch_size_of(cond))
     return self.sampler.sample(self.params, jax.random.PRNGKey(seed), cond, settings, num,
-                               guide, cond_after)
+                               guide, cond_after, edit)
+
+  # --- editing (editing.py) ---
+
+  def inpaint(self, image, mask, **kwargs) -> np.ndarray:
+    """Fills the pixels where `mask` is 0; see `editing.inpaint`."""
+    return editing.inpaint(self, image, mask, **kwargs)
+
+  def outpaint(self, image, side: str, pixels: int, times: int = 1, **kwargs) -> np.ndarray:
+    """Grows the canvas on `side`; see `editing.outpaint`."""
+    return editing.outpaint(self, image, side, pixels, times, **kwargs)
+
+  def edit(self, image, strength: float, mask=None, **kwargs) -> np.ndarray:
+    """Re-noises `image` to `strength` and denoises it (SDEdit); see `editing.edit`."""
+    return editing.edit(self, image, strength, mask, **kwargs)
+
+  def upsample(self, low_res, **kwargs) -> np.ndarray:
+    """An upsampler's samples from low-res images; see `editing.upsample`."""
+    return editing.upsample(self, low_res, **kwargs)
 
   def _guide(self, classifier, classifier_scale, clip, clip_scale):
     """The classifier or CLIP guide asked for (paths loaded), or None."""
