@@ -116,6 +116,16 @@ def base_config() -> ml_collections.ConfigDict:
   # inpaint: resample > 1 turns it on (RePaint's defaults: 10 and 10).
   c.sample.resample = 1
   c.sample.jump = 10
+  # Editing (inference/edit_mode.py): an image to inpaint (with a mask PNG,
+  # white keeps) or re-noise to `strength`, or grow ("right:8x3"); an
+  # upsampler's inputs (a samples .npz or PNGs); or a base model's samples
+  # upsampled by `upsampler` (a cascade).
+  c.sample.init_image = ""
+  c.sample.mask = ""
+  c.sample.strength = 1.0
+  c.sample.outpaint = ""
+  c.sample.base_samples = ""
+  c.sample.upsampler = ""
   # A text-to-image model's prompts, "|"-separated: one grid row each.
   # A prompt schedule: `prompts_after` from the step `switch_at` (a fraction
   # of the steps, counted from t = T) to the end.
@@ -290,6 +300,10 @@ _RULES = (
     ("sample.classifier_scale", lambda v: v >= 0, ">= 0"),
     ("sample.clip_scale", lambda v: v >= 0, ">= 0"),
     ("sample.switch_at", lambda v: 0 <= v <= 1, "in [0, 1] (a fraction of the steps)"),
+    ("sample.strength", lambda v: 0 < v <= 1, "in (0, 1] (the fraction of the steps re-run)"),
+    ("sample.temperature", lambda v: v > 0, "> 0"),
+    ("sample.resample", lambda v: v >= 1, ">= 1 (1: no RePaint resampling)"),
+    ("sample.jump", lambda v: v >= 1, ">= 1"),
     ("model.text_ctx", lambda v: v >= 0, ">= 0 (0: no text)"),
     ("model.low_res_size", lambda v: v >= 0, ">= 0 (0: not an upsampler)"),
     ("sample.num_samples", lambda v: v >= 0, ">= 0"),

@@ -133,25 +133,25 @@ def edit(bundle, image, strength: float, mask=None, num: Optional[int] = None,
                       EditInputs(init_image=images, strength=float(strength), **known))
 
 
-def build_scene(bundle, steps: Sequence[tuple], image=None, seed: int = 0,
+def build_scene(bundle, stages: Sequence[tuple], image=None, seed: int = 0,
                 **kwargs) -> list[np.ndarray]:
   """A scene built one object at a time: each step inpaints its mask's
   region with its prompt ("a red circle on the left", then "a blue square
   on the right").
 
   Args:
-    steps: (prompt, mask) pairs, in order; the first may be (prompt, None)
+    stages: (prompt, mask) pairs, in order; the first may be (prompt, None)
       to draw the first scene from nothing.
     image: the scene to start from, or None (the first step draws one).
 
   Returns:
-    The scene after each step, float32 [S, S, C] each.
+    The scene after each stage, float32 [S, S, C] each.
   """
   scenes = []
-  for index, (prompt, mask) in enumerate(steps):
+  for index, (prompt, mask) in enumerate(stages):
     if image is None or mask is None:
       if index:
-        raise ValueError(f"step {index} of the scene has no mask: only the first may draw "
+        raise ValueError(f"stage {index} of the scene has no mask: only the first may draw "
                          "from nothing")
       image = bundle.sample(num=1, seed=seed, prompts=[prompt], **kwargs)[0]
     else:

@@ -27,8 +27,8 @@ from absl import logging
 
 from diffusion_jax import parallel
 from diffusion_jax.data import builders
+from diffusion_jax.inference import edit_mode, loading, outputs
 from diffusion_jax.inference import guide as guide_lib
-from diffusion_jax.inference import loading, outputs
 from diffusion_jax.inference.sampler import Sampler, SampleSettings
 from diffusion_jax.inference.spec import ModelSpec
 
@@ -105,7 +105,10 @@ def _guide(sample_config, bundle, mesh):
 
 def run(config, workdir: str, mesh=None) -> pathlib.Path:
   """Writes the samples `config.sample` asks for, on `mesh` (default: the
-  config's mesh, all devices); returns the file written."""
+  config's mesh, all devices); returns the file written. An edit (an image
+  in, or a cascade) goes to `edit_mode`."""
+  if edit_mode.requested(config.sample):
+    return edit_mode.run(config, workdir)
   bundle = loading.load(workdir, loading.ema_choice(config.sample), kind="diffusion")
   mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
   guide = _guide(config.sample, bundle, mesh)

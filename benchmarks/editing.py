@@ -1,0 +1,356 @@
+"""Editing on `shapes`, measured: inpainting, object removal, re-noise edits,
+label swaps and upsampling, judged by the shipped clean-image evaluator.
+
+- inpaint: each test scene's object cell is erased and refilled under the
+  caption of another object ("a blue square"); prompt accuracy is how often
+  the evaluator sees the prompted shape and color in the erased cell. The
+  inpainting model (GLIDE's paste into x_0) against the text-to-image model
+  with x_t replacement, and with RePaint's resampling (10, 10).
+  Seam error: the mean absolute difference across the mask border, against
+  the same statistic on the real scenes at the same borders.
+- remove: the same cells filled with the empty prompt: how often no object
+  pixel (a channel above 150) is left in the cell.
+- edit: re-noise edits (SDEdit) of test scenes to another color at several
+  strengths: how often the color changes and the position stays.
+- swap: DDIM (eta 0) from one noise under six prompts: how often the object
+  stays in the cell it takes under the first, against independent noise.
+- upsample: the upsampler on the test split's 16x16 renders, PSNR and SSIM
+  against the true 32x32 renders, beside bilinear and bicubic; and on the
+  text-to-image model's samples (a cascade), its output downsampled against
+  its input.
+
+Writes JSON (--out) and figures (--figures), prints markdown tables.
+
+    python benchmarks/editing.py --out=benchmarks/results/editing_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from common import environment, markdown_table  # noqa: E402
+from diffusion_jax import evaluation, masks, visualize  # noqa: E402
+from diffusion_jax.data import pipeline, shapes  # noqa: E402
+from diffusion_jax.inference import editing, loading  # noqa: E402
+
+OBJECT_LEVEL = 150 / 127.5 - 1  # a channel above this is an object's (backgrounds < 100)
+STRENGTHS = (0.3, 0.5, 0.7, 0.9)
+SWAP_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow square",
+                "a magenta circle", "a cyan triangle")
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--inpaint", default="runs/inpaint", help="the inpainting workdir")
+  parser.add_argument("--text2im", default="runs/text2im", help="the text-to-image workdir")
+  parser.add_argument("--upsample", default="runs/upsample", help="the upsampler workdir")
+  parser.add_argument("--out", default="benchmarks/results/editing_cpu.json")
+  parser.add_argument("--figures", default="docs/editing")
+  parser.add_argument("--num", type=int, default=48, help="test scenes per measurement")
+  parser.add_argument("--parts", default="inpaint,remove,edit,swap,upsample,figures")
+  parser.add_argument("--steps", default="100", help="steps of the 16x16 models (DDPM)")
+  parser.add_argument("--data_dir", default=None)
+  return parser.parse_args(argv)
+
+
+def test_examples(dataset: str, num: int, data_dir=None) -> list[dict]:
+  """The first `num` examples of `dataset`'s test split."""
+  config = ml_collections.ConfigDict({"name": dataset, "data_dir": data_dir or "",
+                                      "image_size": 0, "channels": 0})
+  source, _ = pipeline.load_source(config, "test")
+  return [source[i] for i in range(num)]
+
+
+def as_float(images) -> np.ndarray:
+  return np.asarray(images, np.float32) / 127.5 - 1.0
+
+
+def other_object(rng, example) -> tuple[int, int]:
+  """A (shape, color) that is not the scene's own."""
+  while True:
+    shape, color = int(rng.integers(3)), int(rng.integers(6))
+    if (shape, color) != (int(example["shape"]), int(example["color"])):
+      return shape, color
+
+
+def seam_error(images, hole) -> float:
+  """Mean |x_p - x_q| over 4-neighbour pairs with p in the hole, q outside:
+  images [N, S, S, C], hole [N, S, S] bool."""
+  total, count = 0.0, 0
+  for axis in (1, 2):
+    a, b = np.swapaxes(images, 1, axis), np.swapaxes(hole, 1, axis)
+    cross = b[:, 1:] != b[:, :-1]  # [N, S-1, S]
+    diff = np.abs(a[:, 1:] - a[:, :-1]).mean(-1)
+    total += float(diff[cross].sum())
+    count += int(cross.sum())
+  return total / max(count, 1)
+
+
+def inpaint_part(args, evaluator, bundles, results, figures):
+  examples = test_examples("shapes/one_object_16", args.num, args.data_dir)
+  rng = np.random.default_rng(0)
+  images = np.stack([e["image"] for e in examples])
+  targets = [other_object(rng, e) for e in examples]
+  prompts = [f"a {shapes.COLORS[c]} {shapes.SHAPES[s]}" for s, c in targets]
+  cells = [int(e["position"]) for e in examples]
+  mask = np.stack([masks.cell(16, p) for p in cells])  # [N, 16, 16, 1]
+  hole = mask[..., 0] == 0
+  real_seam = seam_error(as_float(images), hole)
+  rows, shown = [], {"original": as_float(images), "masked": as_float(images) * mask}
+  settings = [("inpainting model (paste into x_0), CFG 5", "inpaint", {}),
+              ("text-to-image, x_t replacement, CFG 3", "text2im", {}),
+              ("text-to-image, RePaint (jump 10, resample 10), CFG 3", "text2im",
+               {"resample": 10, "jump": 10})]
+  for name, model, extra in settings:
+    start = time.perf_counter()
+    out = bundles[model].inpaint(images, mask, prompts=prompts, seed=0, method="ddpm",
+                                 steps=args.steps, **extra)
+    seconds = time.perf_counter() - start
+    seen = evaluation.predict(evaluator, out)
+    shape_ok = seen["shape"] == np.array([s for s, _ in targets])
+    color_ok = seen["color"] == np.array([c for _, c in targets])
+    place_ok = seen["position"] == np.array(cells)
+    row = {"setting": name, "num": len(out), "seconds": round(seconds, 1),
+           "prompt_accuracy": round(float(np.mean(shape_ok & color_ok & place_ok)), 4),
+           "accuracy_shape": round(float(shape_ok.mean()), 4),
+           "accuracy_color": round(float(color_ok.mean()), 4),
+           "in_the_hole": round(float(place_ok.mean()), 4),
+           "seam_error": round(seam_error(out, hole), 4),
+           "seam_error_real": round(real_seam, 4)}
+    print(json.dumps({"part": "inpaint", **row}), flush=True)  # noqa: T201
+    rows.append(row)
+    shown[name] = out
+  results["inpaint"] = {"prompts": prompts[:8], "rows": rows}
+  figures["inpaint"] = (shown, prompts)
+
+
+def remove_part(args, evaluator, bundles, results, figures):
+  examples = test_examples("shapes/one_object_16", args.num, args.data_dir)
+  images = np.stack([e["image"] for e in examples])
+  mask = np.stack([masks.cell(16, int(e["position"])) for e in examples])
+  hole = mask[..., 0] == 0
+  rows = []
+
+  def object_free(x):
+    pixels = (np.asarray(x).max(-1) > OBJECT_LEVEL) & hole
+    return float(np.mean(pixels.sum((1, 2)) < 3))
+  rows.append({"setting": "before (the real scenes)", "object_free": object_free(as_float(images))})
+  shown = {"original": as_float(images)}
+  for name, model in (("inpainting model, empty prompt, CFG 5", "inpaint"),
+                      ("text-to-image, x_t replacement, empty prompt", "text2im")):
+    out = editing.remove(bundles[model], images, mask, seed=0, method="ddpm", steps=args.steps)
+    rows.append({"setting": name, "object_free": round(object_free(out), 4),
+                 "seam_error": round(seam_error(out, hole), 4)})
+    print(json.dumps({"part": "remove", **rows[-1]}), flush=True)  # noqa: T201
+    shown[name] = out
+  results["remove"] = {"rows": rows}
+  figures["remove"] = shown
+
+
+def edit_part(args, evaluator, bundles, results, figures):
+  examples = test_examples("shapes/one_object_16", args.num, args.data_dir)
+  rng = np.random.default_rng(1)
+  images = np.stack([e["image"] for e in examples])
+  colors = [int((e["color"] + 1 + rng.integers(5)) % 6) for e in examples]
+  prompts = [f"a {shapes.COLORS[c]} {shapes.SHAPES[int(e['shape'])]}"
+             for c, e in zip(colors, examples)]
+  rows, shown = [], {"original": as_float(images)}
+  for strength in STRENGTHS:
+    out = bundles["text2im"].edit(images, strength, prompts=prompts, seed=0, method="ddpm",
+                                  steps=args.steps)
+    seen = evaluation.predict(evaluator, out)
+    rows.append({"strength": strength,
+                 "color_changed": round(float(np.mean(seen["color"] == np.array(colors))), 4),
+                 "position_kept": round(float(np.mean(
+                     seen["position"] == np.array([e["position"] for e in examples]))), 4),
+                 "shape_kept": round(float(np.mean(
+                     seen["shape"] == np.array([e["shape"] for e in examples]))), 4)})
+    print(json.dumps({"part": "edit", **rows[-1]}), flush=True)  # noqa: T201
+    shown[f"strength {strength:g}"] = out
+  results["edit"] = {"rows": rows}
+  figures["edit"] = (shown, prompts)
+
+
+def swap_part(args, evaluator, bundles, results, figures):
+  num = args.num
+  common = dict(method="ddim", eta=0.0, steps="50")
+  shared = editing.label_swap(bundles["text2im"], list(SWAP_PROMPTS), num=num, seed=0, **common)
+  independent = np.stack([bundles["text2im"].sample(prompts=[p] * num, seed=10 + i, **common)
+                          for i, p in enumerate(SWAP_PROMPTS)])
+
+  def agreement(rows):
+    cells = np.stack([evaluation.predict(evaluator, r)["position"] for r in rows])  # [P, N]
+    return round(float(np.mean(cells[1:] == cells[:1])), 4)
+  rows = [{"setting": "one noise, six prompts (DDIM eta 0)", "same_cell": agreement(shared)},
+          {"setting": "independent noise per prompt", "same_cell": agreement(independent)}]
+  for row in rows:
+    print(json.dumps({"part": "swap", **row}), flush=True)  # noqa: T201
+  results["swap"] = {"prompts": list(SWAP_PROMPTS), "rows": rows}
+  figures["swap"] = shared
+
+
+def psnr(a, b) -> float:
+  mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2, axis=(1, 2, 3))
+  return float(np.mean(10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))))
+
+
+def ssim(a, b) -> float:
+  """Mean SSIM (Wang et al. 2004: Gaussian window sigma 1.5, 11 taps,
+  K1 0.01, K2 0.03) of uint8-range images [N, H, W, C], per channel."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  taps = np.exp(-0.5 * (np.arange(-5, 6) / 1.5) ** 2)
+  taps /= taps.sum()
+
+  def blur(x):
+    x = np.pad(x, ((0, 0), (5, 5), (5, 5), (0, 0)), mode="reflect")
+    x = sum(w * x[:, i:i + x.shape[1] - 10] for i, w in enumerate(taps))
+    return sum(w * x[:, :, i:i + x.shape[2] - 10] for i, w in enumerate(taps))
+  c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+  mu_a, mu_b = blur(a), blur(b)
+  var_a, var_b = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2
+  cov = blur(a * b) - mu_a * mu_b
+  value = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1)
+                                                       * (var_a + var_b + c2))
+  return float(value.mean())
+
+
+def resized(images, size, method) -> np.ndarray:
+  return np.stack([np.asarray(Image.fromarray(x).resize((size, size), method)) for x in images])
+
+
+def upsample_part(args, evaluator, bundles, results, figures):
+  examples = test_examples("shapes/one_object_16_to_32", args.num, args.data_dir)
+  low = np.stack([e["low_res"] for e in examples])
+  high = np.stack([e["image"] for e in examples])
+  captions = [e["caption"].decode() if isinstance(e["caption"], bytes) else e["caption"]
+              for e in examples]
+  up = bundles["upsample"]
+  start = time.perf_counter()
+  ours = visualize.to_uint8(up.upsample(low, prompts=captions, seed=0))
+  seconds = time.perf_counter() - start
+  rows = [{"setting": f"upsampler ({up.config.sample.steps}, temperature "
+                      f"{up.config.sample.temperature:g})", "psnr": round(psnr(ours, high), 2),
+           "ssim": round(ssim(ours, high), 4), "seconds": round(seconds, 1)}]
+  for name, method in (("bilinear", Image.BILINEAR), ("bicubic", Image.BICUBIC)):
+    base = resized(low, 32, method)
+    rows.append({"setting": name, "psnr": round(psnr(base, high), 2),
+                 "ssim": round(ssim(base, high), 4)})
+  # A cascade: the text-to-image model's samples in, its output box-downsampled
+  # back against its input (does it keep what the base model drew?).
+  small, large = editing.cascade(bundles["text2im"], up, prompts=captions[:16], seed=0,
+                                 method="ddpm", steps=args.steps)
+  small_u8, large_u8 = visualize.to_uint8(small), visualize.to_uint8(large)
+  back = resized(large_u8, 16, Image.BOX)
+  rows.append({"setting": "cascade: upsampled base samples, box-downsampled vs the base "
+                          "samples", "psnr": round(psnr(back, small_u8), 2),
+               "ssim": round(ssim(back, small_u8), 4)})
+  real_back = resized(ours, 16, Image.BOX)
+  rows.append({"setting": "same, on the real 16x16 renders", "psnr": round(psnr(real_back, low), 2),
+               "ssim": round(ssim(real_back, low), 4)})
+  for row in rows:
+    print(json.dumps({"part": "upsample", **row}), flush=True)  # noqa: T201
+  results["upsample"] = {"rows": rows}
+  figures["upsample"] = (low, ours, high, resized(low, 32, Image.BICUBIC), small_u8, large_u8,
+                         captions)
+
+
+# ------------------------------------------------------------------ figures --
+
+def save_grid(rows, path, titles=None):
+  visualize.image_grid(np.stack(rows), titles).save(path)
+  print(f"wrote {path}")  # noqa: T201
+
+
+def write_figures(args, bundles, figures):
+  out = pathlib.Path(args.figures)
+  out.mkdir(parents=True, exist_ok=True)
+  cols = 8
+  if "inpaint" in figures:
+    shown, prompts = figures["inpaint"]
+    save_grid([v[:cols] for v in shown.values()], out / "inpaint.png",
+              ["original", "masked"] + [k.split(",")[0] for k in list(shown)[2:]])
+  if "remove" in figures:
+    shown = figures["remove"]
+    save_grid([v[:cols] for v in shown.values()], out / "remove.png",
+              ["original", "inpainting model", "text-to-image"])
+  if "edit" in figures:
+    shown, _ = figures["edit"]
+    save_grid([v[:cols] for v in shown.values()], out / "edit_strengths.png", list(shown))
+  if "swap" in figures:
+    save_grid([r[:cols] for r in figures["swap"]], out / "label_swap.png", list(SWAP_PROMPTS))
+  if "upsample" in figures:
+    low, ours, high, bicubic, small, large, _ = figures["upsample"]
+    big = lambda x: np.repeat(np.repeat(x, 2, 1), 2, 2)  # noqa: E731
+    save_grid([big(low[:cols]), bicubic[:cols], ours[:cols], high[:cols]],
+              out / "upsample.png", ["16x16 input", "bicubic", "upsampler", "true 32x32"])
+    save_grid([big(small[:cols]), large[:cols]], out / "cascade.png",
+              ["base 16x16", "upsampled 32x32"])
+  if "scene" in args.parts.split(",") or "figures" in args.parts.split(","):
+    story_figures(args, bundles, out)
+
+
+def story_figures(args, bundles, out):
+  """A scene built in three inpainting steps, and an outpainted panorama."""
+  bundle = bundles["inpaint"]
+  common = dict(method="ddpm", steps=args.steps)
+  stages = [("a red circle on the left", None),
+           ("a blue square in the top right", masks.cell(16, 2)),
+           ("a green triangle at the bottom", masks.cell(16, 7))]
+  scenes = editing.build_scene(bundle, stages, seed=3, **common)
+  save_grid([np.stack(scenes)], out / "scene.png", ["three steps"])
+  start = editing.build_scene(bundle, stages[:1], seed=5, **common)[0]
+  wide = editing.panorama(bundle, start, 64, pixels=8, seed=7, prompts=["a yellow circle"],
+                          **common)
+  save_grid([wide[None]], out / "panorama.png", ["16 -> 64 wide"])
+
+
+def print_tables(results):
+  if "inpaint" in results:
+    print("\n".join(markdown_table(  # noqa: T201
+        ["setting", "prompt accuracy", "shape", "color", "in the hole", "seam error (real)",
+         "s"],
+        [[r["setting"], r["prompt_accuracy"], r["accuracy_shape"], r["accuracy_color"],
+          r["in_the_hole"], f'{r["seam_error"]} ({r["seam_error_real"]})', r["seconds"]]
+         for r in results["inpaint"]["rows"]])))
+  for part, keys in (("remove", ("setting", "object_free", "seam_error")),
+                     ("edit", ("strength", "color_changed", "position_kept", "shape_kept")),
+                     ("swap", ("setting", "same_cell")),
+                     ("upsample", ("setting", "psnr", "ssim", "seconds"))):
+    if part in results:
+      print("\n".join(markdown_table(keys, [[r.get(k, "") for k in keys]  # noqa: T201
+                                            for r in results[part]["rows"]])))
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  parts = args.parts.split(",")
+  evaluator = evaluation.load_evaluator("shapes16")
+  bundles = {name: loading.load(getattr(args, name))
+             for name in ("inpaint", "text2im", "upsample")}
+  results = {"environment": environment(), "args": vars(args),
+             "models": {k: repr(v) for k, v in bundles.items()}}
+  figures = {}
+  start = time.perf_counter()
+  for part, fn in (("inpaint", inpaint_part), ("remove", remove_part), ("edit", edit_part),
+                   ("swap", swap_part), ("upsample", upsample_part)):
+    if part in parts:
+      fn(args, evaluator, bundles, results, figures)
+  if "figures" in parts:
+    write_figures(args, bundles, figures)
+  results["seconds"] = round(time.perf_counter() - start, 1)
+  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+  pathlib.Path(args.out).write_text(json.dumps(results, indent=1))
+  print_tables(results)
+
+
+if __name__ == "__main__":
+  main()
