@@ -130,6 +130,7 @@ def run_steps(config, mesh, num_steps, process_index=None, process_count=None):
   return state, losses
 
 
+@jax.jit
 def perturbed(params, seed=0, std=0.05):
   """Every parameter plus noise, so that none is zero (zero-initialised
   output layers would hide the conditioning)."""

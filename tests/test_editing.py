@@ -213,3 +213,31 @@ def test_low_res_degradation_is_training_only_and_bounded():
   spec_input = conditioning.LowResImage(8, 3)
   same = spec_input.prepare(np.asarray(low[:2]), 2)["low_res"]
   np.testing.assert_array_equal(same, np.asarray(low[:2]))  # sampling feeds it as it is
+
+
+def test_cli_inpaints_a_png_and_refuses_a_bad_outpaint(tmp_path, trained_workdir):
+  """`--mode=sample` with an image and a mask PNG writes the grid; its kept
+  pixels are the image's. A misspelled side is one error line."""
+  from PIL import Image
+
+  from conftest import QUICK, TINY_FLAGS, error_line, run_cli
+  image = scene(4)
+  Image.fromarray(image).save(tmp_path / "scene.png")
+  mask = masks_lib.cell(16, 0)
+  Image.fromarray((mask[..., 0] * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+  flags = [QUICK, *TINY_FLAGS, "--config.train.ema_rates=0.995,0.9",
+           "--config.train.ema_warmup=False", f"--workdir={trained_workdir}",
+           f"--config.sample.init_image={tmp_path}/scene.png"]
+  result = run_cli("--mode=sample", *flags, f"--config.sample.mask={tmp_path}/mask.png",
+                   "--config.sample.labels=0,5", "--config.sample.per_class=2",
+                   "--config.sample.steps=4", f"--config.sample.output={tmp_path}/grid")
+  assert result.returncode == 0, result.stderr[-3000:]
+  with np.load(tmp_path / "grid.npz") as grid:
+    images = grid["images"]
+  assert images.shape == (2, 2, 16, 16, 3)
+  keep = mask[..., 0] == 1
+  np.testing.assert_array_equal(images[:, :, keep], np.broadcast_to(image[keep],
+                                                                    images[:, :, keep].shape))
+  bad = run_cli("--mode=sample", *flags, "--config.sample.outpaint=up:4")
+  assert bad.returncode == 2 and error_line(bad) == (
+      "error: no side 'up': choose one of left, right, top, bottom")

@@ -11,7 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ONE_DEVICE, error_line, perturbed, quick_config, run_cli
+from conftest import (
+  ONE_DEVICE,
+  TINY_FLAGS,
+  TINY_MODEL,
+  error_line,
+  perturbed,
+  quick_config,
+  run_cli,
+)
 from diffusion_jax import guidance
 from diffusion_jax.data.pipeline import DatasetInfo
 from diffusion_jax.inference import guide as guide_lib
@@ -126,7 +134,6 @@ def test_clip_cond_fn_is_glides_formula_differentiated(shared_dir):
       np.testing.assert_allclose(np.sum(grad * v), slope, rtol=2e-3)
 
 
-@jax.jit
 @pytest.fixture(scope="module")
 def text_bundle():
   """The quick text-to-image model, random (perturbed) weights, in a Bundle."""
@@ -146,7 +153,8 @@ def test_text_is_encoded_once_per_call_not_per_step(text_bundle):
   fn = bundle.sampler._build_sample(settings, 2, None, False)
   table = bundle.params["text"]["token_embedding"]["embedding"].shape
   jaxpr = jax.make_jaxpr(fn)(bundle.params, np.zeros(2, np.uint32), cond, None,
-                             np.float32(3.0), np.int32(0), None, None)
+                             np.float32(3.0), np.int32(0), None, None, np.float32(1.0), {},
+                             np.float32(1.0))
   scans = list(_equations(jaxpr.jaxpr, "scan"))
   assert scans
   for scan in scans:
@@ -255,12 +263,13 @@ def test_train_text2im_and_clip_then_sample_from_the_cli(tmp_path):
   through the pipeline), and the CLI samples a grid of prompts, CLIP-guided."""
   from diffusion_jax.training import loop
   text_dir, clip_dir = tmp_path / "text2im", tmp_path / "clip"
-  loop.train_and_evaluate(quick_config("shapes_text2im", **ONE_DEVICE), str(text_dir))
+  loop.train_and_evaluate(quick_config("shapes_text2im", **ONE_DEVICE, **TINY_MODEL),
+                          str(text_dir))
   loop.train_and_evaluate(quick_config("shapes_clip", **ONE_DEVICE), str(clip_dir))
   assert loading.load(clip_dir).kind == "clip"
   out = tmp_path / "grid.png"
-  config = "--config=configs/shapes_text2im.py:quick"
-  result = run_cli("--mode=sample", config, f"--workdir={text_dir}",
+  config = ("--config=configs/shapes_text2im.py:quick", *TINY_FLAGS)
+  result = run_cli("--mode=sample", *config, f"--workdir={text_dir}",
                    "--config.sample.prompts=a red circle|a blue square at the top",
                    f"--config.sample.clip={clip_dir}", "--config.sample.clip_scale=2",
                    "--config.sample.per_class=2", f"--config.sample.output={out}")
@@ -270,7 +279,7 @@ def test_train_text2im_and_clip_then_sample_from_the_cli(tmp_path):
     assert list(saved["prompts"]) == ["a red circle", "a blue square at the top"]
   # N samples, prompts in turn, with a prompt schedule.
   many = tmp_path / "many.npz"
-  result = run_cli("--mode=sample", config, f"--workdir={text_dir}",
+  result = run_cli("--mode=sample", *config, f"--workdir={text_dir}",
                    "--config.sample.prompts=a red circle|a blue square",
                    "--config.sample.prompts_after=a green circle|a cyan square",
                    "--config.sample.switch_at=0.5", "--config.sample.num_samples=3",
@@ -279,7 +288,7 @@ def test_train_text2im_and_clip_then_sample_from_the_cli(tmp_path):
   with np.load(many) as saved:
     assert saved["arr_0"].shape == (3, 16, 16, 3) and saved["arr_0"].dtype == np.uint8
   # A bad prompt list is one error line, before any sampling.
-  bad = run_cli("--mode=sample", config, f"--workdir={text_dir}", "--config.sample.prompts=",
+  bad = run_cli("--mode=sample", *config, f"--workdir={text_dir}", "--config.sample.prompts=",
                 f"--config.sample.clip={clip_dir}")
   assert "needs sample.prompts" in error_line(bad)
 
