@@ -56,7 +56,9 @@ def parse_args(argv=None):
   parser.add_argument("--out", default="benchmarks/results/editing_cpu.json")
   parser.add_argument("--figures", default="docs/editing")
   parser.add_argument("--num", type=int, default=48, help="test scenes per measurement")
-  parser.add_argument("--parts", default="inpaint,remove,edit,swap,upsample,figures")
+  parser.add_argument("--parts", default="inpaint,remove,edit,swap,upsample,scene,figures",
+                      help="what to measure (and draw, with 'figures'); results of "
+                           "earlier runs in --out are kept for the other parts")
   parser.add_argument("--steps", default="100", help="steps of the 16x16 models (DDPM)")
   parser.add_argument("--data_dir", default=None)
   return parser.parse_args(argv)
@@ -294,7 +296,7 @@ def write_figures(args, bundles, figures):
               out / "upsample.png", ["16x16 input", "bicubic", "upsampler", "true 32x32"])
     save_grid([big(small[:cols]), large[:cols]], out / "cascade.png",
               ["base 16x16", "upsampled 32x32"])
-  if "scene" in args.parts.split(",") or "figures" in args.parts.split(","):
+  if "scene" in args.parts.split(","):
     story_figures(args, bundles, out)
 
 
@@ -336,8 +338,10 @@ def main(argv=None):
   evaluator = evaluation.load_evaluator("shapes16")
   bundles = {name: loading.load(getattr(args, name))
              for name in ("inpaint", "text2im", "upsample")}
-  results = {"environment": environment(), "args": vars(args),
-             "models": {k: repr(v) for k, v in bundles.items()}}
+  out = pathlib.Path(args.out)
+  results = json.loads(out.read_text()) if out.exists() else {}
+  results.update({"environment": environment(), "args": vars(args),
+                  "models": {k: repr(v) for k, v in bundles.items()}})
   figures = {}
   start = time.perf_counter()
   for part, fn in (("inpaint", inpaint_part), ("remove", remove_part), ("edit", edit_part),
@@ -346,9 +350,9 @@ def main(argv=None):
       fn(args, evaluator, bundles, results, figures)
   if "figures" in parts:
     write_figures(args, bundles, figures)
-  results["seconds"] = round(time.perf_counter() - start, 1)
-  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  pathlib.Path(args.out).write_text(json.dumps(results, indent=1))
+  results.setdefault("seconds", {})[args.parts] = round(time.perf_counter() - start, 1)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(results, indent=1))
   print_tables(results)
 
 

@@ -11,11 +11,12 @@ A trained model (an export folder or a training workdir) loads in one call:
 
     bundle = diffusion_jax.load("runs/shapes")
     images = bundle.sample(labels=[0, 5], steps="50")
+    filled = bundle.inpaint(image, diffusion_jax.masks.cell(16, 4), labels=[3])
 """
-from diffusion_jax import diffusion, guidance, oracles, sampling, schedules
+from diffusion_jax import diffusion, guidance, masks, oracles, sampling, schedules
 
 __version__ = "0.1.0"
-__all__ = ["diffusion", "guidance", "list_models", "load", "oracles", "sampling",
+__all__ = ["diffusion", "guidance", "list_models", "load", "masks", "oracles", "sampling",
            "schedules"]
 
 

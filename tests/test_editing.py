@@ -47,6 +47,26 @@ def test_inpainting_with_the_ideal_denoiser_restores_the_consistent_image(mode, 
   assert np.abs(np.asarray(free) - np.asarray(images)).max() > 0.5
 
 
+def test_known_region_of_each_state_is_the_image_at_that_level():
+  """x_t replacement: after the step at index t, the known region of
+  x_{t-1} is q(x_{t-1} | image), the image noised to abar_prev[t]: its
+  standardised residual is N(0, 1) at every step (a level off by one step,
+  abar[t], gives another spread near the end), and the image itself last."""
+  images = jnp.tile(finite_set(num=8), (8, 1, 1, 1))  # [64, 8, 8, 1]
+  schedule = schedules.respace(schedules.make_schedule("cosine", 1000), "20")
+  mask = jnp.broadcast_to(jnp.asarray(masks_lib.strip(8, "right", 4)), images.shape)
+  _, trajectory = sampling.sample(oracles.finite_set_model_fn(images[:8], schedule), schedule,
+                                  images.shape, jax.random.key(0), method="ddpm",
+                                  known=sampling.Known(images, mask), return_trajectory=True)
+  kept = np.broadcast_to(np.asarray(mask) == 1, images.shape)
+  abar_prev = np.asarray(schedule.alphas_cumprod_prev)
+  for step, t in enumerate(range(schedule.num_timesteps - 1, 0, -1)):
+    x = np.asarray(trajectory["x"][step])
+    residual = (x - np.sqrt(abar_prev[t]) * np.asarray(images)) / np.sqrt(1 - abar_prev[t])
+    assert abs(residual[kept].mean()) < 0.1 and 0.9 < residual[kept].std() < 1.1, t
+  np.testing.assert_array_equal(np.asarray(trajectory["x"][-1])[kept], np.asarray(images)[kept])
+
+
 def test_repaint_plan_follows_repaints_schedule():
   plain = sampling.repaint_plan(6, jump=2, resample=1)
   assert plain.tolist() == [[t, 0] for t in range(5, -1, -1)]
