@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "diffusion_jax"
 FLOORS = (
     ("platform", "validation", "visualize", "schedules", "parallel",  # foundations
      "text"),  # tokenizers
-    ("diffusion", "oracles", "guidance", "sampling", "masks"),  # the math, pure functions
+    ("diffusion", "oracles", "guidance", "sampling", "masks", "likelihood"),  # the math
     ("models", "data", "checkpoint", "config_lib"),  # networks, datasets, storage
     ("inference",),  # a trained model: spec, loading, sampler, sample files
     ("training", "evaluation"),  # the loop; judging samples with shipped evaluators
