@@ -112,6 +112,7 @@ def inpaint_part(args, evaluator, bundles, results, figures):
               ("text-to-image, x_t replacement, CFG 3", "text2im", {}),
               ("text-to-image, RePaint (jump 10, resample 10), CFG 3", "text2im",
                {"resample": 10, "jump": 10})]
+  short = ["inpainting model", "text2im, x_t replaced", "text2im, RePaint"]
   for name, model, extra in settings:
     start = time.perf_counter()
     out = bundles[model].inpaint(images, mask, prompts=prompts, seed=0, method="ddpm",
@@ -130,7 +131,7 @@ def inpaint_part(args, evaluator, bundles, results, figures):
            "seam_error_real": round(real_seam, 4)}
     print(json.dumps({"part": "inpaint", **row}), flush=True)  # noqa: T201
     rows.append(row)
-    shown[name] = out
+    shown[short[len(rows) - 1]] = out
   results["inpaint"] = {"prompts": prompts[:8], "rows": rows}
   figures["inpaint"] = (shown, prompts)
 
@@ -183,21 +184,27 @@ def edit_part(args, evaluator, bundles, results, figures):
 
 
 def swap_part(args, evaluator, bundles, results, figures):
-  num = args.num
-  common = dict(method="ddim", eta=0.0, steps="50")
-  shared = editing.label_swap(bundles["text2im"], list(SWAP_PROMPTS), num=num, seed=0, **common)
-  independent = np.stack([bundles["text2im"].sample(prompts=[p] * num, seed=10 + i, **common)
-                          for i, p in enumerate(SWAP_PROMPTS)])
+  """At the model's CFG scale (3) and without guidance (1)."""
+  num, rows = args.num, []
 
-  def agreement(rows):
-    cells = np.stack([evaluation.predict(evaluator, r)["position"] for r in rows])  # [P, N]
+  def agreement(images):
+    cells = np.stack([evaluation.predict(evaluator, r)["position"] for r in images])  # [P, N]
     return round(float(np.mean(cells[1:] == cells[:1])), 4)
-  rows = [{"setting": "one noise, six prompts (DDIM eta 0)", "same_cell": agreement(shared)},
-          {"setting": "independent noise per prompt", "same_cell": agreement(independent)}]
+  for scale in (3.0, 1.0):
+    common = dict(method="ddim", eta=0.0, steps="50", guidance_scale=scale)
+    shared = editing.label_swap(bundles["text2im"], list(SWAP_PROMPTS), num=num, seed=0,
+                                **common)
+    independent = np.stack([bundles["text2im"].sample(prompts=[p] * num, seed=10 + i, **common)
+                            for i, p in enumerate(SWAP_PROMPTS)])
+    rows += [{"setting": f"one noise, six prompts (DDIM eta 0), CFG {scale:g}",
+              "same_cell": agreement(shared)},
+             {"setting": f"independent noise per prompt, CFG {scale:g}",
+              "same_cell": agreement(independent)}]
+    if scale == 3.0:
+      figures["swap"] = shared
   for row in rows:
     print(json.dumps({"part": "swap", **row}), flush=True)  # noqa: T201
   results["swap"] = {"prompts": list(SWAP_PROMPTS), "rows": rows}
-  figures["swap"] = shared
 
 
 def psnr(a, b) -> float:
@@ -278,8 +285,7 @@ def write_figures(args, bundles, figures):
   cols = 8
   if "inpaint" in figures:
     shown, prompts = figures["inpaint"]
-    save_grid([v[:cols] for v in shown.values()], out / "inpaint.png",
-              ["original", "masked"] + [k.split(",")[0] for k in list(shown)[2:]])
+    save_grid([v[:cols] for v in shown.values()], out / "inpaint.png", list(shown))
   if "remove" in figures:
     shown = figures["remove"]
     save_grid([v[:cols] for v in shown.values()], out / "remove.png",

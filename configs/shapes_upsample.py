@@ -24,6 +24,12 @@ def get_config(arg: str = ""):
   c.model.low_res_size = 16
   c.model.attention_resolutions = (8,)  # 32 -> 16 -> 8: attention at the lowest level
   c.diffusion.schedule = "linear"  # GLIDE's upsampler
+  # v, not GLIDE's eps: at high t an eps model must carry x_0 in a residual
+  # 1/sqrt(abar) times smaller than its output, and after 1,500 CPU steps
+  # ours had not learned to read the low-res image there (samples took
+  # their colors from the noise; docs/editing.md). v = sqrt(abar) eps -
+  # sqrt(1 - abar) x_0 is about -x_0 at high t, so it learns it at once.
+  c.diffusion.parameterization = "v"
   c.data.batch_size = 32  # of 32x32 scenes: twice a 16x16 batch of 64 in pixels
   c.train.num_steps = 1500  # sized for a CPU: upsampling is the easier task
   c.sample.method = "ddim"

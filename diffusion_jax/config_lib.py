@@ -146,6 +146,25 @@ def base_config() -> ml_collections.ConfigDict:
   # `batch_size` at a time over all devices; 0 writes the grid.
   c.sample.num_samples = 0
   c.sample.batch_size = 64
+
+  # --mode=eval (evaluation/eval_mode.py): samples drawn with `sample.*` (or
+  # read from `samples`, a samples .npz) against the test split (or
+  # `reference`, guided-diffusion's batch .npz), in the shipped evaluator's
+  # features ("evaluator"; `evaluator` names another) or FID's ("inception",
+  # with `inception`: the converted weights file).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_samples = 1000
+  c.eval.samples = ""
+  c.eval.reference = ""
+  c.eval.features = "evaluator"
+  c.eval.evaluator = ""
+  c.eval.inception = ""
+  c.eval.k = 3  # precision and recall's nearest neighbours (Kynkaanniemi et al.)
+  c.eval.kid_subsets = 100
+  c.eval.kid_subset_size = 1000
+  c.eval.bpd = False  # bits per dim over the whole chain (T network calls a batch)
+  c.eval.bpd_num = 256  # test images
+  c.eval.output = ""  # "" = WORKDIR/eval/eval_STEP.json
   return c
 
 
@@ -308,6 +327,11 @@ _RULES = (
     ("model.low_res_size", lambda v: v >= 0, ">= 0 (0: not an upsampler)"),
     ("sample.num_samples", lambda v: v >= 0, ">= 0"),
     ("sample.batch_size", lambda v: v >= 1, ">= 1"),
+    ("eval.num_samples", lambda v: v >= 2, ">= 2"),
+    ("eval.k", lambda v: v >= 1, ">= 1"),
+    ("eval.kid_subsets", lambda v: v >= 2, ">= 2"),
+    ("eval.kid_subset_size", lambda v: v >= 2, ">= 2"),
+    ("eval.bpd_num", lambda v: v >= 1, ">= 1"),
 )
 
 _CHOICES = {
@@ -318,6 +342,7 @@ _CHOICES = {
     "diffusion.variance": ("fixed_small", "fixed_large", "learned_range", "learned"),
     "diffusion.timestep_sampler": ("uniform", "loss_second_moment"),
     "sample.method": ("ddpm", "ddim"),
+    "eval.features": ("evaluator", "inception"),
 }
 
 

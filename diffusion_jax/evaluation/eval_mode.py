@@ -1,0 +1,201 @@
+"""`--mode=eval`: a trained model's samples measured against real images.
+
+Draws `eval.num_samples` samples from the workdir's (or export's) weights
+with the config's sampler, guidance and labels (`sample.*`), or reads them
+from `eval.samples` (a samples `.npz`, `arr_0`), then measures them against
+the dataset's test split, or `eval.reference` (an `.npz` in guided-diffusion's
+batch layout, `arr_0` uint8 [N, H, W, C]):
+
+- FD (Frechet distance), KID with its standard error, precision and recall
+  (k = `eval.k`), in the features `eval.features` names: "evaluator" (the
+  shipped clean-image evaluator of the dataset, or `eval.evaluator`: report
+  "FD in evaluator features", not FID) or "inception" (pytorch-fid's
+  network with the weights `eval.inception` names: FID);
+- with the shipped evaluator and labels, class accuracy as it sees it;
+- with `eval.bpd`, bits per dimension on `eval.bpd_num` test images.
+
+Writes `WORKDIR/eval/eval_<step>.json` (or `eval.output`) and a grid of the
+first samples beside it.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+import tqdm
+from absl import logging
+
+from diffusion_jax import likelihood, validation, visualize
+from diffusion_jax.data import pipeline
+from diffusion_jax.evaluation import distances, inception_weights, metrics
+from diffusion_jax.evaluation import evaluator as evaluator_lib
+from diffusion_jax.inference import loading, outputs, sample_mode
+from diffusion_jax.inference.sampler import Sampler
+from diffusion_jax.models import inception
+
+FEATURE_KINDS = ("evaluator", "inception")
+
+
+def shipped_evaluator_for(data_name: str) -> str:
+  """The shipped evaluator trained on `data_name`, by its config.
+
+  Raises:
+    ValueError: none was; name one with eval.evaluator.
+  """
+  for name in evaluator_lib.evaluator_names():
+    config = json.loads((evaluator_lib.WEIGHTS / name / loading.CONFIG_FILE).read_text())
+    if config["data"]["name"] == data_name:
+      return name
+  raise ValueError(f"no shipped evaluator was trained on {data_name!r}; set eval.evaluator "
+                   "to an evaluator's export or workdir, or eval.features=inception")
+
+
+class FeatureNet:
+  """Features of image batches: `name`, `dim` and `__call__(uint8 [B, S, S, C])`."""
+
+  def __init__(self, name: str, dim: int, fn: Callable):
+    self.name, self.dim, self._fn = name, dim, fn
+
+  def __call__(self, images) -> np.ndarray:
+    return np.asarray(self._fn(images))
+
+
+def feature_net(eval_config, data_name: str) -> tuple[FeatureNet, Optional[loading.Bundle]]:
+  """(the features eval.features names, the evaluator when it is one)."""
+  kind = eval_config.features
+  if kind not in FEATURE_KINDS:
+    raise ValueError(f"eval.features {kind!r}: choose one of {list(FEATURE_KINDS)}")
+  if kind == "inception":
+    if not eval_config.inception:
+      raise ValueError("eval.features=inception needs eval.inception: the converted FID "
+                       "weights (python -m diffusion_jax.evaluation.inception_weights)")
+    params = inception_weights.load(eval_config.inception)
+    apply = jax.jit(lambda p, x: inception.fid_outputs(p, x)["pool3"])
+    to_unit = lambda images: validation.check_images(images) * 0.5 + 0.5  # noqa: E731
+    return FeatureNet("Inception pool3 (FID)", 2048,
+                      lambda images: apply(params, to_unit(images))), None
+  name = eval_config.evaluator or shipped_evaluator_for(data_name)
+  evaluator = evaluator_lib.load_evaluator(name)
+  dim = evaluator.spec.model.feature_dim
+  return FeatureNet(f"evaluator {name} (FD in evaluator features, not FID)", dim,
+                    lambda images: evaluator_lib.features(evaluator, images)), evaluator
+
+
+def reference_images(config, eval_config) -> np.ndarray:
+  """uint8 [N, S, S, C]: eval.reference's arr_0, or the test split."""
+  if eval_config.reference:
+    with np.load(eval_config.reference) as data:
+      if "arr_0" not in data:
+        raise ValueError(f"{eval_config.reference} has no arr_0 (guided-diffusion's batch "
+                         "layout: uint8 images [N, H, W, C])")
+      return data["arr_0"]
+  source, info = pipeline.load_source(config.data, "test")
+  return np.stack([visualize.to_uint8(pipeline.to_model_image(source[i]["image"],
+                                                              info.image_size, info.channels))
+                   for i in range(len(source))])
+
+
+def _draw(bundle, config, workdir) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  """(uint8 samples [N, S, S, C], their labels or None)."""
+  eval_config, sample = config.eval, config.sample
+  if eval_config.samples:
+    with np.load(eval_config.samples) as data:
+      return data["arr_0"], (data["arr_1"] if "arr_1" in data else None)  # noqa: SIM401
+  sampler = Sampler(bundle.spec)
+  settings = sample_mode.check_sample_config(sample, bundle.spec)
+  labels = outputs.many_labels(bundle.spec.num_classes, eval_config.num_samples, sample.seed,
+                               list(sample.labels))
+  prompts = outputs.grid_layout(bundle.spec, sample)[1]
+  images = outputs.sample_many(sampler, bundle.params, settings, eval_config.num_samples,
+                               int(sample.batch_size), sample.seed, labels,
+                               prompts=outputs.many_prompts(prompts, eval_config.num_samples))
+  return images, labels
+
+
+def _features(net: FeatureNet, images: np.ndarray, batch: int, what: str) -> np.ndarray:
+  parts = []
+  for start in tqdm.trange(0, len(images), batch, desc=f"features of {what}", unit="batch"):
+    parts.append(net(images[start:start + batch]))
+  return np.concatenate(parts)
+
+
+def measure(real_features, fake_features, eval_config) -> dict:
+  """FD, KID (and its standard error), precision and recall."""
+  k = int(eval_config.k)
+  for name, feats in (("samples", fake_features), ("reference images", real_features)):
+    if len(feats) <= k:
+      raise ValueError(f"{len(feats)} {name} are too few for k = {k} nearest neighbours "
+                       f"(eval.k): give more than {k}")
+  kid, kid_se = distances.kernel_inception_distance(
+      real_features, fake_features, eval_config.kid_subsets, eval_config.kid_subset_size)
+  precision, recall = distances.precision_recall(real_features, fake_features, k)
+  fd = distances.frechet_distance(distances.FeatureStats.of(real_features),
+                                  distances.FeatureStats.of(fake_features))
+  return {"fd": round(fd, 4), "kid": round(kid, 6), "kid_se": round(kid_se, 6),
+          "precision": round(precision, 4), "recall": round(recall, 4)}
+
+
+def bits_per_dim(bundle, config, num: int, seed: int) -> dict:
+  """The bound on `num` test images (`likelihood.bits_per_dim`), mean and SE."""
+  source, info = pipeline.load_source(config.data, "test")
+  x0 = np.stack([pipeline.to_model_image(source[i]["image"], info.image_size, info.channels)
+                 for i in range(min(num, len(source)))])
+  cond = {}
+  if bundle.spec.num_classes:
+    cond = bundle.spec.prepare_cond({"labels": [int(source[i]["label"]) for i in
+                                                range(len(x0))]}, len(x0))
+  spec = bundle.spec
+  model_fn = lambda x, t, **c: spec.apply(bundle.params, x, t, **c)  # noqa: E731
+  totals = []
+  for start in tqdm.trange(0, len(x0), 64, desc="bits per dim", unit="batch"):
+    part = {k: v[start:start + 64] for k, v in cond.items()}
+    out = likelihood.bits_per_dim(model_fn, spec.schedule, x0[start:start + 64],
+                                  jax.random.fold_in(jax.random.PRNGKey(seed), start),
+                                  parameterization=spec.parameterization,
+                                  variance=spec.variance, **part)
+    totals.append(np.asarray(out["total"]))
+  total = np.concatenate(totals)
+  return {"bpd": round(float(total.mean()), 4),
+          "bpd_se": round(float(total.std(ddof=1) / np.sqrt(len(total))), 4),
+          "bpd_images": len(total)}
+
+
+def run(config, workdir: str) -> pathlib.Path:
+  """Measures the model in `workdir` as `config.eval` says; returns the JSON written."""
+  eval_config = config.eval
+  bundle = loading.load(workdir, loading.ema_choice(config.sample), kind="diffusion")
+  start = time.perf_counter()
+  net, evaluator = feature_net(eval_config, config.data.name)
+  images, labels = _draw(bundle, config, workdir)
+  reference = reference_images(config, eval_config)
+  batch = int(config.sample.batch_size)
+  result = {"model": repr(bundle), "features": net.name, "num_samples": len(images),
+            "num_reference": len(reference),
+            "reference": eval_config.reference or f"{config.data.name} test split",
+            "sampler": {k: config.sample[k] for k in ("method", "steps", "eta",
+                                                      "guidance_scale")}}
+  fake = _features(net, images, batch, "samples")
+  real = _features(net, reference, batch, "reference")
+  result.update(measure(real, fake, eval_config))
+  if evaluator is not None and labels is not None and bundle.spec.num_classes:
+    judged = metrics.judge(evaluator, images, np.asarray(labels))
+    result["class_accuracy"] = round(float(judged["accuracy"]), 4)
+  if eval_config.bpd:
+    result.update(bits_per_dim(bundle, config, int(eval_config.bpd_num), config.sample.seed))
+  result["seconds"] = round(time.perf_counter() - start, 1)
+  path = pathlib.Path(eval_config.output or
+                      pathlib.Path(workdir) / "eval" / f"eval_{bundle.step:06d}.json")
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    shown = images[:64]
+    columns = min(8, len(shown))
+    rows = len(shown) // columns
+    visualize.image_grid(shown[:rows * columns].reshape((rows, columns) + shown.shape[1:])
+                         ).save(path.with_suffix(".png"))
+  logging.info("eval: %s", result)
+  return path
