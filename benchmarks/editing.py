@@ -303,21 +303,61 @@ def write_figures(args, bundles, figures):
     save_grid([big(small[:cols]), large[:cols]], out / "cascade.png",
               ["base 16x16", "upsampled 32x32"])
   if "scene" in args.parts.split(","):
-    story_figures(args, bundles, out)
+    story_figures(args, bundles, figures, out)
 
 
-def story_figures(args, bundles, out):
-  """A scene built in three inpainting steps, and an outpainted panorama."""
+SCENE = [("a red circle on the left", None),
+         ("a blue square in the top right", masks.cell(16, 2)),
+         ("a green triangle at the bottom", masks.cell(16, 7))]
+# A pixel of the prompted color, in uint8 RGB.
+SCENE_COLORS = {"blue": lambda p: (p[..., 2] > 150) & (p[..., 0] < 120),
+                "green": lambda p: (p[..., 1] > 150) & (p[..., 0] < 120) & (p[..., 2] < 120)}
+
+
+def scene_part(args, evaluator, bundles, results, figures):
+  """Three-stage scenes from 8 seeds: how often each added object shows
+  (4+ pixels of its color in its cell), by the inpainting model and by the
+  text-to-image model with RePaint; the first stage drawn the same way."""
+  rows, shown = [], {}
+  for name, model, extra in (("inpainting model", "inpaint", {}),
+                             ("text-to-image, RePaint (10, 10)", "text2im", {"resample": 10})):
+    added, firsts = [], []
+    for seed in range(8):
+      scenes = editing.build_scene(bundles[model], SCENE, seed=seed, method="ddpm",
+                                   steps=args.steps, **extra)
+      last = visualize.to_uint8(scenes[-1])
+      shows = []
+      for (_, mask), color in zip(SCENE[1:], ("blue", "green")):
+        cell = mask[..., 0] == 0
+        shows.append(int(SCENE_COLORS[color](last)[cell].sum() >= 4))
+      added.append(shows)
+      firsts.append(np.stack(scenes))
+    added = np.asarray(added)
+    rows.append({"setting": name, "seeds": 8,
+                 "second_object_added": round(float(added[:, 0].mean()), 4),
+                 "third_object_added": round(float(added[:, 1].mean()), 4),
+                 "both": round(float(added.all(1).mean()), 4)})
+    print(json.dumps({"part": "scene", **rows[-1]}), flush=True)  # noqa: T201
+    shown[name] = (firsts, added)
+  results["scene"] = {"stages": [p for p, _ in SCENE], "rows": rows}
+  figures["scene"] = shown
+
+
+def story_figures(args, bundles, figures, out):
+  """The scenes (a row per seed of each model, the first where both objects
+  show first), and an outpainted panorama."""
+  if "scene" in figures:
+    rows, titles = [], []
+    for name, (scenes, added) in figures["scene"].items():
+      order = sorted(range(len(scenes)), key=lambda i: -int(added[i].all()))[:2]
+      rows += [scenes[i] for i in order]
+      titles += [f"{name}, seed {i}" for i in order]
+    save_grid(rows, out / "scene.png", titles)
   bundle = bundles["inpaint"]
-  common = dict(method="ddpm", steps=args.steps)
-  stages = [("a red circle on the left", None),
-           ("a blue square in the top right", masks.cell(16, 2)),
-           ("a green triangle at the bottom", masks.cell(16, 7))]
-  scenes = editing.build_scene(bundle, stages, seed=3, **common)
-  save_grid([np.stack(scenes)], out / "scene.png", ["three steps"])
-  start = editing.build_scene(bundle, stages[:1], seed=5, **common)[0]
+  start = bundle.sample(num=1, seed=5, prompts=["a red circle on the left"], method="ddpm",
+                        steps=args.steps)[0]
   wide = editing.panorama(bundle, start, 64, pixels=8, seed=7, prompts=["a yellow circle"],
-                          **common)
+                          method="ddpm", steps=args.steps)
   save_grid([wide[None]], out / "panorama.png", ["16 -> 64 wide"])
 
 
@@ -332,31 +372,46 @@ def print_tables(results):
   for part, keys in (("remove", ("setting", "object_free", "seam_error")),
                      ("edit", ("strength", "color_changed", "position_kept", "shape_kept")),
                      ("swap", ("setting", "same_cell")),
+                     ("scene", ("setting", "second_object_added", "third_object_added", "both")),
                      ("upsample", ("setting", "psnr", "ssim", "seconds"))):
     if part in results:
       print("\n".join(markdown_table(keys, [[r.get(k, "") for k in keys]  # noqa: T201
                                             for r in results[part]["rows"]])))
 
 
+class Models(dict):
+  """The workdirs of --inpaint, --text2im and --upsample, loaded when first used."""
+
+  def __init__(self, args):
+    super().__init__()
+    self.args = args
+
+  def __missing__(self, name):
+    self[name] = loading.load(getattr(self.args, name))
+    return self[name]
+
+  def described(self) -> dict:
+    return {name: f"{getattr(self.args, name)}: {bundle!r}" for name, bundle in self.items()}
+
+
 def main(argv=None):
   args = parse_args(argv)
   parts = args.parts.split(",")
   evaluator = evaluation.load_evaluator("shapes16")
-  bundles = {name: loading.load(getattr(args, name))
-             for name in ("inpaint", "text2im", "upsample")}
+  bundles = Models(args)
   out = pathlib.Path(args.out)
   results = json.loads(out.read_text()) if out.exists() else {}
-  results.update({"environment": environment(), "args": vars(args),
-                  "models": {k: repr(v) for k, v in bundles.items()}})
+  results.update({"environment": environment(), "args": vars(args)})
   figures = {}
   start = time.perf_counter()
   for part, fn in (("inpaint", inpaint_part), ("remove", remove_part), ("edit", edit_part),
-                   ("swap", swap_part), ("upsample", upsample_part)):
+                   ("swap", swap_part), ("upsample", upsample_part), ("scene", scene_part)):
     if part in parts:
       fn(args, evaluator, bundles, results, figures)
   if "figures" in parts:
     write_figures(args, bundles, figures)
   results.setdefault("seconds", {})[args.parts] = round(time.perf_counter() - start, 1)
+  results.setdefault("models", {}).update(bundles.described())
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(results, indent=1))
   print_tables(results)

@@ -126,6 +126,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.outpaint = ""
   c.sample.base_samples = ""
   c.sample.upsampler = ""
+  # A scene built stage by stage: "a red circle|a blue square@2|a green
+  # triangle@7" (the first drawn, each next inpainted into a grid cell 0-8
+  # or the black of a mask PNG: "PROMPT@mask.png").
+  c.sample.scene = ""
   # A text-to-image model's prompts, "|"-separated: one grid row each.
   # A prompt schedule: `prompts_after` from the step `switch_at` (a fraction
   # of the steps, counted from t = T) to the end.

@@ -20,7 +20,7 @@ from conftest import (
   quick_config,
   run_cli,
 )
-from diffusion_jax import guidance
+from diffusion_jax import guidance, masks
 from diffusion_jax.data.pipeline import DatasetInfo
 from diffusion_jax.inference import guide as guide_lib
 from diffusion_jax.inference import loading
@@ -287,6 +287,16 @@ def test_train_text2im_and_clip_then_sample_from_the_cli(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   with np.load(many) as saved:
     assert saved["arr_0"].shape == (3, 16, 16, 3) and saved["arr_0"].dtype == np.uint8
+  # A scene in two stages: drawn, then a blue square inpainted into cell 2.
+  scene = tmp_path / "scene"
+  result = run_cli("--mode=sample", *config, f"--workdir={text_dir}",
+                   "--config.sample.scene=a red circle|a blue square@2",
+                   "--config.sample.per_class=1", f"--config.sample.output={scene}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  with np.load(tmp_path / "scene.npz") as saved:
+    first, second = saved["images"][0]
+  keep = np.asarray(masks.cell(16, 2))[..., 0] == 1
+  np.testing.assert_array_equal(second[keep], first[keep])  # only cell 2 changed
   # A bad prompt list is one error line, before any sampling.
   bad = run_cli("--mode=sample", *config, f"--workdir={text_dir}", "--config.sample.prompts=",
                 f"--config.sample.clip={clip_dir}")

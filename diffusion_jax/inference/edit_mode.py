@@ -11,6 +11,10 @@ upsampling and cascades, each written as a PNG grid and its `.npz`.
                                  files, or a folder of them
   sample.upsampler=PATH          a base model's samples upsampled by this
                                  upsampler (a cascade)
+  sample.scene="P1|P2@C|P3@M.png"  a scene built stage by stage: P1 drawn
+                                 (or sample.init_image), then each prompt
+                                 inpainted into grid cell C (0 top left ..
+                                 8 bottom right) or the black of mask M
 
 Grids: one row per prompt (or label) of `sample.prompts` (`sample.labels`),
 `sample.per_class` samples each; upsampling shows each low-res input beside
@@ -25,9 +29,10 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from diffusion_jax import masks
 from diffusion_jax.inference import editing, loading, outputs
 
-EDIT_FIELDS = ("init_image", "mask", "outpaint", "base_samples", "upsampler")
+EDIT_FIELDS = ("init_image", "mask", "outpaint", "base_samples", "upsampler", "scene")
 
 
 def requested(sample_config) -> bool:
@@ -102,6 +107,8 @@ def run(config, workdir: str) -> pathlib.Path:
     return _upsample(bundle, sample, settings, out)
   if sample.get("upsampler", ""):
     return _cascade(bundle, sample, settings, out)
+  if sample.get("scene", ""):
+    return _scene(bundle, sample, settings, out)
   if not sample.get("init_image", ""):
     raise ValueError("sample.mask, sample.strength and sample.outpaint edit "
                      "sample.init_image: give it (a PNG)")
@@ -121,6 +128,38 @@ def run(config, workdir: str) -> pathlib.Path:
                sample.get("mask", "") or "none")
   return outputs.write_grid(np.stack(images), np.zeros((len(rows), sample.per_class)),
                             out, titles)
+
+
+def parse_scene(text: str, size: int) -> list[tuple]:
+  """"a red circle|a blue square@2|a green triangle@mask.png" -> (prompt,
+  mask or None) stages; only the first may have no mask."""
+  stages = []
+  for index, part in enumerate(p.strip() for p in str(text).split("|") if p.strip()):
+    prompt, _, where = part.partition("@")
+    if not where:
+      mask = None
+    elif where.strip().isdigit():
+      mask = masks.cell(size, int(where))
+    else:
+      mask = read_mask(where.strip())
+    if mask is None and index:
+      raise ValueError(f"sample.scene stage {index + 1} ({part!r}) says no region: write "
+                       "PROMPT@CELL (0-8) or PROMPT@MASK.png")
+    stages.append((prompt.strip(), mask))
+  if not stages:
+    raise ValueError("sample.scene is empty")
+  return stages
+
+
+def _scene(bundle, sample, settings, out):
+  stages = parse_scene(sample.scene, bundle.info.image_size)
+  image = (read_png(sample.init_image, bundle.info.channels)
+           if sample.get("init_image", "") else None)
+  rows = [np.stack(editing.build_scene(bundle, stages, image, seed=sample.seed + row,
+                                       **settings))
+          for row in range(sample.per_class)]
+  return outputs.write_grid(np.stack(rows), np.zeros((len(rows), len(stages))), out,
+                            [f"seed {sample.seed + row}" for row in range(len(rows))])
 
 
 def parse_outpaint(text: str) -> tuple[str, int, int]:
