@@ -1,0 +1,172 @@
+"""Sample quality of the main job's model against the number of steps, the
+data floor, and bits per dim: docs/results.md.
+
+The main job's model (configs/shapes_class_cond.py, `bash launch/quickstart.sh
+main`, or the guidance benchmark's runs/guidance/shapes: the same config) is
+sampled `--num` times (random classes, seed 0) at each number of respaced
+steps for three samplers, the DDIM paper's table:
+
+- DDIM, eta 0 (deterministic);
+- DDIM, eta 1 (ancestral sampling with beta~, the posterior variance);
+- ancestral (DDPM) with the `fixed_large` variance, beta_t (the DDIM paper's
+  sigma-hat row).
+
+Each set is measured against the test split in the shipped evaluator's
+features (FD in evaluator features, not FID: the Inception weights cannot be
+had offline), with KID and its standard error, precision and recall (k = 3)
+and class accuracy. The data floor is the same measurement of the train
+split against the test split: the score of a model that copies its
+training set. Bits per dim is the bound over all 1000 steps on test images.
+
+    python benchmarks/sample_quality.py --workdir=runs/guidance/shapes \
+        --out=benchmarks/results/sample_quality_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from common import environment, markdown_table, save_figure  # noqa: E402
+from diffusion_jax import visualize  # noqa: E402
+from diffusion_jax.data import pipeline  # noqa: E402
+from diffusion_jax.evaluation import eval_mode, metrics  # noqa: E402
+from diffusion_jax.evaluation import evaluator as evaluator_lib  # noqa: E402
+from diffusion_jax.inference import loading, outputs  # noqa: E402
+from diffusion_jax.inference.sampler import Sampler, SampleSettings  # noqa: E402
+
+SAMPLERS = {"DDIM, eta 0": dict(method="ddim", eta=0.0),
+            "DDIM, eta 1": dict(method="ddim", eta=1.0),
+            "ancestral, fixed_large": dict(method="ddpm", variance="fixed_large")}
+STEPS = (10, 25, 50, 100, 250)
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", default="runs/guidance/shapes")
+  parser.add_argument("--num", type=int, default=1000, help="samples per point")
+  parser.add_argument("--steps", default=",".join(map(str, STEPS)))
+  parser.add_argument("--long", type=int, default=1000,
+                      help="one more point at this many steps, DDIM eta 0 only (0: none)")
+  parser.add_argument("--bpd_num", type=int, default=256, help="test images for bits per dim")
+  parser.add_argument("--batch", type=int, default=250)
+  parser.add_argument("--out", default="benchmarks/results/sample_quality_cpu.json")
+  parser.add_argument("--figures", default="docs/results")
+  return parser.parse_args(argv)
+
+
+def split_images(data_config, split: str, num: int) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 images, labels) of the first `num` examples of a split."""
+  source, info = pipeline.load_source(data_config, split)
+  count = min(num, len(source))
+  images = np.stack([visualize.to_uint8(pipeline.to_model_image(source[i]["image"],
+                                                                info.image_size,
+                                                                info.channels))
+                     for i in range(count)])
+  return images, np.array([int(source[i]["label"]) for i in range(count)])
+
+
+def measured(name, images, labels, real_features, net, evaluator, eval_config) -> dict:
+  fake = net(images)
+  row = {"setting": name, "num": len(images),
+         **eval_mode.measure(real_features, fake, eval_config)}
+  if labels is not None:
+    row["class_accuracy"] = round(float(metrics.judge(evaluator, images, labels)["accuracy"]),
+                                  4)
+  print(json.dumps(row), flush=True)  # noqa: T201
+  return row
+
+
+def draw(bundle, sampler_kwargs, steps, args) -> tuple[np.ndarray, np.ndarray]:
+  spec = bundle.spec
+  kwargs = dict(sampler_kwargs)
+  variance = kwargs.pop("variance", None)
+  if variance is not None:
+    spec = dataclasses.replace(spec, variance=variance)
+  settings = SampleSettings.of(bundle.config.sample, steps=str(steps), **kwargs)
+  labels = outputs.many_labels(spec.num_classes, args.num, 0)
+  images = outputs.sample_many(Sampler(spec), bundle.params, settings, args.num, args.batch,
+                               0, labels, progress=False)
+  return images, labels
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  bundle = loading.load(args.workdir)
+  eval_config = ml_collections.ConfigDict({"k": 3, "kid_subsets": 100,
+                                           "kid_subset_size": 1000})
+  evaluator_name = eval_mode.shipped_evaluator_for(bundle.config.data.name)
+  evaluator = evaluator_lib.load_evaluator(evaluator_name)
+  net = lambda images: evaluator_lib.features(evaluator, images)  # noqa: E731
+  test, _ = split_images(bundle.config.data, "test", 10 ** 6)
+  real = net(test)
+  results = {"environment": environment(), "args": vars(args), "model": repr(bundle),
+             "features": f"evaluator {evaluator_name} (FD in evaluator features, not FID)",
+             "reference": f"{bundle.config.data.name} test split ({len(test)} images)"}
+  start = time.perf_counter()
+  train, train_labels = split_images(bundle.config.data, "train", args.num)
+  results["floor"] = measured("train split (data floor)", train, train_labels, real, net,
+                              evaluator, eval_config)
+  rows = []
+  for name, kwargs in SAMPLERS.items():
+    points = [int(s) for s in args.steps.split(",")]
+    if args.long and name == "DDIM, eta 0":
+      points.append(args.long)
+    for steps in points:
+      tick = time.perf_counter()
+      images, labels = draw(bundle, kwargs, steps, args)
+      row = measured(name, images, labels, real, net, evaluator, eval_config)
+      row.update(steps=steps, seconds=round(time.perf_counter() - tick, 1))
+      rows.append(row)
+  results["steps"] = rows
+  if args.bpd_num:
+    tick = time.perf_counter()
+    config = bundle.config.copy_and_resolve_references()
+    results["bpd"] = eval_mode.bits_per_dim(bundle, config, args.bpd_num, 0)
+    results["bpd"]["seconds"] = round(time.perf_counter() - tick, 1)
+    print(json.dumps(results["bpd"]), flush=True)  # noqa: T201
+  results["seconds"] = round(time.perf_counter() - start, 1)
+  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+  pathlib.Path(args.out).write_text(json.dumps(results, indent=1))
+  plot(results, pathlib.Path(args.figures))
+  print("\n".join(table(results)))  # noqa: T201
+
+
+def plot(results, folder: pathlib.Path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  folder.mkdir(parents=True, exist_ok=True)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for name in SAMPLERS:
+    rows = [r for r in results["steps"] if r["setting"] == name]
+    steps = [r["steps"] for r in rows]
+    axes[0].plot(steps, [r["fd"] for r in rows], "o-", label=name)
+    axes[1].errorbar(steps, [r["kid"] for r in rows], [r["kid_se"] for r in rows], fmt="o-",
+                     label=name)
+  for ax, key in zip(axes, ("fd", "kid")):
+    ax.axhline(results["floor"][key], color="gray", ls="--", label="data floor (train split)")
+    ax.set_xscale("log")
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(f"{key.upper()} in evaluator features")
+  save_figure(fig, axes, folder / "steps.png")
+
+
+def table(results) -> list[str]:
+  keys = ("setting", "steps", "fd", "kid", "kid_se", "precision", "recall", "class_accuracy",
+          "seconds")
+  rows = [[results["floor"].get(k, "") for k in keys]]
+  rows += [[r.get(k, "") for k in keys] for r in results["steps"]]
+  return markdown_table(keys, rows)
+
+
+if __name__ == "__main__":
+  main()
