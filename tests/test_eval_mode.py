@@ -45,6 +45,12 @@ def test_eval_errors_are_one_line(tmp_path, trained_workdir, classifier_workdir)
   result = run_cli("--mode=eval", QUICK, *TINY_FLAGS, f"--workdir={classifier_workdir}")
   assert result.returncode == 2 and "noisy classifier of 10 classes, not a diffusion model" in (
       error_line(result))
-  inception = run_cli("--mode=eval", QUICK, *TINY_FLAGS, f"--workdir={trained_workdir}",
-                      "--config.eval.features=inception")
-  assert "eval.features=inception needs eval.inception" in error_line(inception)
+  with pytest.raises(ValueError, match="eval.features=inception needs eval.inception"):
+    eval_mode.run(eval_config(tmp_path, **{"eval.features": "inception"}),
+                  str(trained_workdir))
+  fake = tmp_path / "random.safetensors"  # weights the converter did not write
+  from diffusion_jax.evaluation import inception_weights
+  inception_weights.save({"fc_bias": np.zeros(3)}, fake, digest="0123abcd")
+  with pytest.raises(ValueError, match="was not converted from the standard FID weights"):
+    eval_mode.run(eval_config(tmp_path, **{"eval.features": "inception",
+                                           "eval.inception": str(fake)}), str(trained_workdir))

@@ -76,3 +76,14 @@ def test_other_weights_are_refused(shared_dir):
   wrong["fc.weight"] = np.zeros((1000, 2048), np.float32)  # torchvision's ImageNet head
   with pytest.raises(ValueError, match=r"'fc.weight' has shape \(1000, 2048\)"):
     inception.from_torch(wrong)
+
+
+def test_the_converter_refuses_a_file_that_is_not_the_standard_weights(tmp_path):
+  """Random weights, another network or a re-saved file: the digest differs
+  from the one pytorch-fid's file name carries, and nothing is written."""
+  from diffusion_jax.evaluation import inception_weights
+  source = tmp_path / "pt_inception-2015-12-05-6726825d.pth"  # the right name, wrong bytes
+  source.write_bytes(np.random.default_rng(0).bytes(1000))
+  with pytest.raises(ValueError, match="its SHA-256 begins [0-9a-f]{8}, not 6726825d"):
+    inception_weights.convert(source, tmp_path / "out.safetensors")
+  assert not (tmp_path / "out.safetensors").exists()
