@@ -29,7 +29,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from diffusion_jax import likelihood, validation, visualize
+from diffusion_jax import likelihood, parallel, validation, visualize
 from diffusion_jax.data import pipeline
 from diffusion_jax.evaluation import distances, inception_weights, metrics
 from diffusion_jax.evaluation import evaluator as evaluator_lib
@@ -55,16 +55,30 @@ def shipped_evaluator_for(data_name: str) -> str:
 
 
 class FeatureNet:
-  """Features of image batches: `name`, `dim` and `__call__(uint8 [B, S, S, C])`."""
+  """Features of image batches, sharded over the mesh's devices: `name`,
+  `dim` and `__call__(images uint8 [B, S, S, C]) -> [B, dim]`.
 
-  def __init__(self, name: str, dim: int, fn: Callable):
-    self.name, self.dim, self._fn = name, dim, fn
+  `apply(params, x)` maps prepared float images to features; `prepare` maps
+  uint8 images to its input (host side)."""
+
+  def __init__(self, name: str, dim: int, apply: Callable, params, prepare: Callable,
+               mesh=None):
+    self.name, self.dim, self._prepare = name, dim, prepare
+    self._mesh = mesh if mesh is not None else parallel.make_mesh()
+    self._params = parallel.replicate(params, self._mesh)
+    self._apply = jax.jit(apply, out_shardings=parallel.replicated(self._mesh))
 
   def __call__(self, images) -> np.ndarray:
-    return np.asarray(self._fn(images))
+    x = np.asarray(self._prepare(images), np.float32)
+    devices = self._mesh.devices.size
+    padded = -(-len(x) // devices) * devices
+    x = np.concatenate([x, np.repeat(x[-1:], padded - len(x), 0)]) if padded > len(x) else x
+    placed = jax.device_put(x, parallel.batch_sharding(self._mesh))
+    return np.asarray(self._apply(self._params, placed))[:len(images)]
 
 
-def feature_net(eval_config, data_name: str) -> tuple[FeatureNet, Optional[loading.Bundle]]:
+def feature_net(eval_config, data_name: str, mesh=None
+                ) -> tuple[FeatureNet, Optional[loading.Bundle]]:
   """(the features eval.features names, the evaluator when it is one)."""
   kind = eval_config.features
   if kind not in FEATURE_KINDS:
@@ -74,15 +88,20 @@ def feature_net(eval_config, data_name: str) -> tuple[FeatureNet, Optional[loadi
       raise ValueError("eval.features=inception needs eval.inception: the converted FID "
                        "weights (python -m diffusion_jax.evaluation.inception_weights)")
     params = inception_weights.load(eval_config.inception)
-    apply = jax.jit(lambda p, x: inception.fid_outputs(p, x)["pool3"])
-    to_unit = lambda images: validation.check_images(images) * 0.5 + 0.5  # noqa: E731
     return FeatureNet("Inception pool3 (FID)", 2048,
-                      lambda images: apply(params, to_unit(images))), None
+                      lambda p, x: inception.fid_outputs(p, x)["pool3"], params,
+                      lambda images: validation.check_images(images) * 0.5 + 0.5, mesh), None
   name = eval_config.evaluator or shipped_evaluator_for(data_name)
   evaluator = evaluator_lib.load_evaluator(name)
-  dim = evaluator.spec.model.feature_dim
-  return FeatureNet(f"evaluator {name} (FD in evaluator features, not FID)", dim,
-                    lambda images: evaluator_lib.features(evaluator, images)), evaluator
+  spec = evaluator.spec
+  size, channels = evaluator.info.image_size, evaluator.info.channels
+  return FeatureNet(f"evaluator {name} (FD in evaluator features, not FID)",
+                    spec.model.feature_dim,
+                    lambda p, x: spec.apply(p, x, None)[evaluator_lib.FEATURES],
+                    evaluator.params,
+                    lambda images: validation.check_images(images, image_size=size,
+                                                           channels=channels),
+                    mesh), evaluator
 
 
 def reference_images(config, eval_config) -> np.ndarray:
