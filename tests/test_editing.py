@@ -261,3 +261,30 @@ def test_cli_inpaints_a_png_and_refuses_a_bad_outpaint(tmp_path, trained_workdir
   bad = run_cli("--mode=sample", *flags, "--config.sample.outpaint=up:4")
   assert bad.returncode == 2 and error_line(bad) == (
       "error: no side 'up': choose one of left, right, top, bottom")
+
+
+def test_base_samples_read_from_an_npz_a_grid_or_pngs(tmp_path):
+  from PIL import Image
+
+  from diffusion_jax.inference import edit_mode
+  images = np.stack([scene(i) for i in range(3)])
+  np.savez(tmp_path / "samples.npz", images, np.zeros(3, np.int32))
+  got, prompts = edit_mode.read_base_samples(str(tmp_path / "samples.npz"), 3)
+  np.testing.assert_array_equal(got, images)
+  assert prompts is None
+  np.savez(tmp_path / "grid.npz", images=images.reshape(1, 3, 16, 16, 3),
+           prompts=np.array(["a red circle"]))
+  got, prompts = edit_mode.read_base_samples(str(tmp_path / "grid.npz"), 3)
+  np.testing.assert_array_equal(got, images)
+  assert prompts == ["a red circle"] * 3
+  folder = tmp_path / "pngs"
+  folder.mkdir()
+  for i, image in enumerate(images):
+    Image.fromarray(image).save(folder / f"{i}.png")
+  got, _ = edit_mode.read_base_samples(str(folder), 3)
+  np.testing.assert_array_equal(got, images)
+  assert edit_mode.parse_outpaint("right:8x3") == ("right", 8, 3)
+  with pytest.raises(ValueError, match="write SIDE:PIXELS"):
+    edit_mode.parse_outpaint("right:eight")
+  with pytest.raises(ValueError, match="stage 2 .* says no region"):
+    edit_mode.parse_scene("a red circle|a blue square", 16)
