@@ -257,6 +257,10 @@ def attention_ds_of(resolutions: Sequence[int], image_size: int,
   Raises:
     ValueError: a size that is no level's feature map.
   """
+  factor = 2 ** (num_levels - 1)
+  if image_size % factor:
+    raise ValueError(f"the UNet needs images with H and W divisible by {factor} "
+                     f"({num_levels} levels); got {image_size}x{image_size}")
   sizes = {image_size // 2 ** level: 2 ** level for level in range(num_levels)}
   unknown = [r for r in resolutions if int(r) not in sizes]
   if unknown:
