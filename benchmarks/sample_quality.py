@@ -208,6 +208,7 @@ def write_report(results, args) -> None:
       f"- device: {env['device']} ({env['backend']}, {env['device_count']} devices), "
       f"jax {env['jax']}, commit {env['commit']}; {results['seconds'] / 60:.0f} minutes in all.",
       "",
+      *([f"**Partial:** {results['partial']}", ""] if results.get("partial") else []),
       "## Against the number of sampling steps",
       "",
       "DDIM at eta 0, DDIM at eta 1 (ancestral with the posterior variance beta~) and "
