@@ -250,13 +250,12 @@ def _sample(schedule, rng, eta, x_T, cond, plan, known, init, strength, temperat
     opts = opts._replace(denoised_fn=lambda x0: known.paste(x0 if inner is None else inner(x0)))
 
   def down(x, t, rng):
-    step_rng, known_rng = jax.random.split(rng)
     if loop.method == "ddpm":
-      x_prev, pred_x0 = ddpm_step(model_fn, schedule, x, t, step_rng, opts, **cond)
+      x_prev, pred_x0 = ddpm_step(model_fn, schedule, x, t, rng, opts, **cond)
     else:
-      x_prev, pred_x0 = ddim_step(model_fn, schedule, x, t, step_rng, eta, opts, **cond)
+      x_prev, pred_x0 = ddim_step(model_fn, schedule, x, t, rng, eta, opts, **cond)
     if loop.known_mode == "x_t":
-      x_prev = _replace_known(schedule, known, x_prev, t, known_rng)
+      x_prev = _replace_known(schedule, known, x_prev, t, jax.random.fold_in(rng, 1))
     return x_prev, pred_x0
 
   def up(x, t, rng):
@@ -265,7 +264,10 @@ def _sample(schedule, rng, eta, x_T, cond, plan, known, init, strength, temperat
   def body(x, entry):
     index, (t_index, is_up) = entry
     t = jnp.full((loop.shape[0],), t_index, jnp.int32)
-    rng = jax.random.fold_in(loop_rng, index)
+    # Step t's noise is fold_in(key, t), as it always was (the same seed
+    # draws the same samples); a RePaint plan visits t again, so there each
+    # row of the plan has its own.
+    rng = jax.random.fold_in(loop_rng, num_steps + index if loop.repaint else t_index)
     if loop.repaint:
       step = lambda x, t, rng: jax.lax.cond(is_up > 0, up, down, x, t, rng)  # noqa: E731
     else:
