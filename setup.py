@@ -41,7 +41,7 @@ setup(
     ],
     extras_require={
         # ruff: the linter CI runs (ruff.toml); pinned, as its rules move.
-        "test": ["pytest>=8", "scipy>=1.11", "ruff>=0.17,<0.18"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "scipy>=1.11", "ruff>=0.17,<0.18"],
         "notebooks": ["jupyter", "nbclient>=0.10", "ipykernel"],
         # The PyTorch twin of the training benchmark; 2.13.0 is a CPU build.
         "bench": ["torch>=2.5,<=2.13.0"],

@@ -14,13 +14,17 @@ the model nor the optimizer that wrote them.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import pathlib
 from typing import Any, Optional, Sequence
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from diffusion_jax import faults
 
 
 def _path_names(path) -> tuple:
@@ -32,6 +36,24 @@ def _path_names(path) -> tuple:
 def _shapes(tree) -> dict:
   return {_path_names(p): tuple(leaf.shape)
           for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+class SaveError(OSError):
+  """A checkpoint could not be written (a full disk, an I/O error); the
+  checkpoints before it are intact."""
+
+
+def _reason(error: BaseException) -> str:
+  """What failed, in a few words: the first OS error in the exception's
+  chain (Orbax wraps them, TensorStore reports them as text)."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno:
+      return os.strerror(seen.errno).lower()
+    if "No space left on device" in str(seen):
+      return os.strerror(errno.ENOSPC).lower()
+    seen = seen.__cause__ or seen.__context__
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 @functools.cache
@@ -67,11 +89,14 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, keep_period=keep_period or None, create=not read_only,
-        read_only=read_only, enable_async_checkpointing=not read_only)
+        read_only=read_only, enable_async_checkpointing=not read_only,
+        cleanup_tmp_directories=not read_only)  # what an interrupted save left
     handlers = {"state": ocp.PyTreeCheckpointHandler(type_handler_registry=_type_handlers()),
                 "config": ocp.JsonCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_handlers=handlers)
+    if not read_only:
+      faults.install(self._manager)  # the reliability tests' SIGKILL points; else nothing
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -80,10 +105,32 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, config_json: dict, meta: dict) -> bool:
-    """Starts an asynchronous save of `state` at `step`."""
-    return self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(state), config=ocp.args.JsonSave(config_json),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    """Starts an asynchronous save of `state` at `step`.
+
+    Raises:
+      SaveError: this save, or the asynchronous one before it, failed.
+    """
+    try:
+      started = self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeSave(state), config=ocp.args.JsonSave(config_json),
+          meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as e:  # noqa: BLE001 (Orbax raises what its threads raised)
+      raise self._save_error(e) from e
+    faults.after_save_started(step)
+    return started
+
+  def complete_steps(self) -> list[int]:
+    """The steps whose folders are on disk, renamed from temporary: complete."""
+    folder = pathlib.Path(self.directory)
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
+        if folder.is_dir() else []
+
+  def _save_error(self, error: BaseException) -> SaveError:
+    steps = self.complete_steps()
+    intact = (f"the checkpoint of step {steps[-1]} is intact" if steps
+              else "no earlier checkpoint exists")
+    return SaveError(f"could not write a checkpoint in {self.directory}: {_reason(error)}; "
+                     f"{intact} (free space and rerun to resume)")
 
   def _state_metadata(self, step: int) -> dict:
     """The saved state's tree of array metadata (shape, dtype), by field name."""
@@ -174,19 +221,42 @@ class Checkpointer:
     raise FileNotFoundError(f"no readable checkpoint in {self.directory}")
 
   def restore_json(self, step: Optional[int] = None) -> tuple[dict, dict]:
-    """(config, meta) of `step` (default: the latest), without the state."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
-    return restored.config, restored.meta
+    """(config, meta) of `step` or the latest step where both read, without
+    the state (a step whose JSON is missing or damaged is skipped, with a
+    warning)."""
+    for candidate in reversed(self.all_steps()):
+      if step is not None and candidate > step:
+        continue
+      try:
+        restored = self._manager.restore(candidate, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001
+        _warn_unreadable(candidate, self.directory, e)
+        continue
+      return restored.config, restored.meta
+    raise FileNotFoundError(f"no readable checkpoint in {self.directory}")
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the asynchronous save. Raises SaveError if it failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._save_error(e) from e
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the last save, then stops Orbax's threads, even if it failed.
+
+    Raises:
+      SaveError: the last save failed.
+    """
+    try:
+      self.wait()
+    except SaveError:
+      try:
+        self._manager.close()
+      except Exception as e:  # noqa: BLE001 (the save's error is the one to report)
+        logging.info("closing the checkpoint manager after a failed save: %s", e)
+      raise
     self._manager.close()
 
 

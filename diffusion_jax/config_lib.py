@@ -95,6 +95,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.ema_warmup = True  # decay min(rate, (1 + step) / (10 + step))
   c.train.label_dropout = 0.1  # CFG: labels (captions) replaced by the null class ("")
   c.train.init_from = ""  # an export or workdir whose weights a new run starts from
+  # The workdir's lease (training/workdir_lock.py): renewed every N seconds;
+  # another run may take it over once it has gone this long without renewal.
+  c.train.lock_renew_every = 5.0
+  c.train.lock_stale_after = 60.0
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1 = all devices fsdp leaves; fewer takes the first ones
@@ -316,6 +320,8 @@ _RULES = (
     ("train.keep_every", lambda v: v >= 0, ">= 0"),
     ("train.max_nonfinite_steps", lambda v: v >= 1, ">= 1"),
     ("train.sample_every", lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    ("train.lock_renew_every", lambda v: v > 0, "> 0 seconds"),
+    ("train.lock_stale_after", lambda v: v > 0, "> 0 seconds"),
     ("train.ema_rates", lambda v: all(0 < r < 1 for r in v), "rates in (0, 1)"),
     ("train.label_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("sample.per_class", lambda v: v >= 1, ">= 1"),
@@ -372,6 +378,10 @@ def check(config: ml_collections.ConfigDict) -> None:
     value = _get(config, name)
     if not rule(value):
       raise ValueError(f"{name} is {value!r}; it must be {must}")
+  train = config.train
+  if train.lock_stale_after <= 2 * train.lock_renew_every:
+    raise ValueError(f"train.lock_stale_after is {train.lock_stale_after!r}; it must exceed "
+                     f"twice train.lock_renew_every ({train.lock_renew_every!r})")
   from diffusion_jax import schedules  # the respacing spec, against T
   schedules.space_timesteps(config.diffusion.num_timesteps, config.sample.steps)
   rates = [f"{r:g}" for r in config.train.ema_rates]

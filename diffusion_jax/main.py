@@ -15,8 +15,11 @@ Modes:
     `--config.eval.bpd=True`), as the config's `eval` section says.
   toy: sample a 2-D Gaussian mixture with its exact denoiser (no training).
 
-Exit status: 0 done, 1 failed, 2 bad input (a one-line error), 75 preempted
-(SIGTERM: a checkpoint was saved at the current step; rerun to resume).
+Exit status: 0 done, 1 failed, 2 bad input (a one-line error), 73 the workdir
+is in use by another training run, 74 an I/O error such as a full disk (the
+last complete checkpoint is intact), 75 preempted (SIGTERM: a checkpoint was
+saved at the current step; rerun to resume). A failed run exits within
+`EXIT_GRACE_S` seconds even if a library thread would keep it alive.
 
 Override any config field with `--config.section.field=value`. Multi-host:
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or the
@@ -25,16 +28,22 @@ DIFFUSION_JAX_* environment variables, see `parallel.initialize_distributed`).
 from __future__ import annotations
 
 import json
+import logging as std_logging
+import os
 import pathlib
 import re
 import sys
+import threading
 import traceback
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax.training import run_guard
+from diffusion_jax.training import run_guard, workdir_lock
+
+EXIT_IO = 74  # EX_IOERR: a checkpoint or a log could not be written
+EXIT_GRACE_S = 10.0  # a failed run's threads get this long to stop
 
 _MODES = ("train", "sample", "export", "eval", "toy")
 
@@ -123,9 +132,39 @@ def main(argv):
     sys.exit(run_guard.EXIT_PREEMPTED)
   except run_guard.NonFiniteError as e:
     fail(str(e), run_guard.EXIT_FAILED)
+  except workdir_lock.WorkdirBusy as e:
+    fail(str(e), workdir_lock.EXIT_BUSY)
   except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback
     logging.debug("%s", traceback.format_exc())
     fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except OSError as e:  # a full disk, an I/O error: checkpoint.SaveError says what is intact
+    fail(str(e).splitlines()[0] if str(e) else type(e).__name__, EXIT_IO)
+
+
+class _NoLibraryTracebacks(std_logging.Filter):
+  """Keeps the message of a library's logged exception, not its traceback:
+  Orbax logs each failed background write with one (a full disk gives
+  dozens); the run's own `error:` line says what happened."""
+
+  def filter(self, record):
+    if record.exc_info and ("/orbax/" in record.pathname or record.name == "asyncio"):
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _exit_watchdog(status: int) -> None:
+  """Ends the process with `status` if it is still alive `EXIT_GRACE_S`
+  seconds from now (a non-daemon thread of a library that failed can keep
+  it alive)."""
+  seconds = EXIT_GRACE_S
+
+  def force():
+    sys.stderr.write(f"exiting: threads were still running {seconds:g} s after the error\n")
+    sys.stderr.flush()
+    os._exit(status)
+  timer = threading.Timer(seconds, force)
+  timer.daemon = True
+  timer.start()
 
 
 def _unknown_field(error: Exception, argv) -> str:
@@ -142,6 +181,11 @@ def _unknown_field(error: Exception, argv) -> str:
   return f"the config has no field {bad!r}{where}{hint}"
 
 
+def _config_path(argv) -> str:
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "?")
+  return path.split(":")[0]
+
+
 def _parse_flags(argv):
   """absl flag parsing with one-line errors for bad flags or config overrides."""
   try:
@@ -151,7 +195,13 @@ def _parse_flags(argv):
     # config_flags embeds the config file's traceback: keep its last line.
     fail(lines[0] if len(lines) < 2 else f"{lines[0]} {lines[-1]}")
   except (AttributeError, KeyError) as e:
+    if "get_config" in str(e):  # a Python file that is not a config
+      fail(f"{_config_path(argv)} is not a config file: it defines no get_config() "
+           "(see configs/ for examples)")
     fail(_unknown_field(e, argv))
+  except (SyntaxError, ImportError, NameError, UnicodeDecodeError) as e:  # not Python
+    fail(f"{_config_path(argv)} is not a Python config file "
+         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
   except (ValueError, TypeError) as e:
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
     where = f" (overrides: {' '.join(overrides)})" if overrides else ""
@@ -160,7 +210,16 @@ def _parse_flags(argv):
 
 def run():
   """Entry point of the `diffusion-jax` console script."""
-  app.run(main, flags_parser=_parse_flags)
+  logging.get_absl_handler().addFilter(_NoLibraryTracebacks())
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except SystemExit as e:
+    if e.code not in (0, None):
+      _exit_watchdog(e.code if isinstance(e.code, int) else run_guard.EXIT_FAILED)
+    raise
+  except BaseException:
+    _exit_watchdog(run_guard.EXIT_FAILED)
+    raise
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@
   tests' dataset cache, with `section.field=value` overrides;
 - `run_cli(...)`: the command line in a subprocess; `free_port()`;
 - `run_steps(config, mesh, n)`: n train steps from a fresh state;
+- `cli(workdir, *RUN)`: a quick training run from the command line, with
+  `steps_on_disk`, `wait_for_checkpoint`, `all_params` (the saved state) and
+  `assert_bitwise_equal`, and the session fixture `uninterrupted_run`;
 - session fixtures: `shared_dir` (../shared) and `trained_workdir`, one
   quick class-conditional run that the training, reliability and inference
   tests all read (its checkpoints at steps 2 and 4, two EMA rates).
@@ -16,6 +19,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 # Must happen before jax is imported anywhere. The tests' tiny programs take
 # longer to compile than to run: LLVM's optimisations off (the same results,
@@ -144,6 +148,63 @@ def flat_arrays(tree) -> dict:
   """Every leaf as a host numpy array, by key path."""
   flat = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
   return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}
+
+
+def cli(workdir, *overrides, wait=True, devices=1, env=None):
+  """A quick training run from the command line in `workdir`."""
+  return run_cli("--mode=train", QUICK, f"--workdir={workdir}", *overrides, wait=wait,
+                 devices=devices, env=env, timeout=900)
+
+
+def steps_on_disk(workdir):
+  folder = pathlib.Path(workdir) / "checkpoints"
+  if not folder.exists():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def wait_for_checkpoint(workdir, proc, after=0, timeout=300):
+  """Waits until a checkpoint of a step above `after` is on disk."""
+  start = time.time()
+  while not [s for s in steps_on_disk(workdir) if s > after]:
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    assert time.time() - start < timeout, "no checkpoint appeared"
+    time.sleep(0.02)
+
+
+def all_params(workdir, step=None):
+  """(step, every array of the saved train state by name), read from disk."""
+  from diffusion_jax import checkpoint as ckpt_lib
+  checkpointer = ckpt_lib.Checkpointer(str(pathlib.Path(workdir) / "checkpoints"),
+                                       read_only=True)
+  try:
+    fields = ("params", "ema_params", "opt_state", "rng", "step")
+    values, _, _, _ = checkpointer.restore_fields(fields, step)
+  finally:
+    checkpointer.close()
+  return int(values["step"]), flat_arrays(values)
+
+
+# Short enough to be quick, long enough for a signal to land mid-run.
+RUN = ("--config.train.num_steps=20", "--config.train.checkpoint_every=5",
+       "--config.train.log_every=5", *TINY_FLAGS)
+
+
+def assert_bitwise_equal(got, expected):
+  assert got[0] == expected[0]
+  assert got[1].keys() == expected[1].keys()
+  for name, value in expected[1].items():
+    np.testing.assert_array_equal(got[1][name], value, err_msg=name)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(tmp_path_factory):
+  """`all_params` of a quick CLI run of RUN never interrupted: what every
+  interrupted and resumed run must equal bitwise."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  result = cli(workdir, *RUN)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return all_params(workdir)
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,25 @@
 """Never lose a run: exact resume after SIGKILL, SIGTERM preemption, restore on
 other meshes, non-finite steps skipped, export, and one-line errors."""
-import pathlib
 import shutil
 import signal
-import time
 
 import jax
 import numpy as np
 import pytest
 
 from conftest import (
-  QUICK,
-  TINY_FLAGS,
+  RUN,
   TRAINED_RUN,
+  all_params,
+  assert_bitwise_equal,
+  cli,
   error_line,
-  flat_arrays,
   free_port,
   one_device,
   quick_config,
-  run_cli,
   run_steps,
+  steps_on_disk,
+  wait_for_checkpoint,
 )
 from diffusion_jax import checkpoint as ckpt_lib
 from diffusion_jax import parallel, validation
@@ -27,60 +27,13 @@ from diffusion_jax.data import pipeline
 from diffusion_jax.training import loop, run_guard, tasks
 
 
-def cli(workdir, *overrides, wait=True, devices=1, env=None):
-  return run_cli("--mode=train", QUICK, f"--workdir={workdir}", *overrides, wait=wait,
-                 devices=devices, env=env, timeout=900)
-
-
-def steps_on_disk(workdir):
-  folder = pathlib.Path(workdir) / "checkpoints"
-  if not folder.exists():
-    return []
-  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-
-
-def wait_for_checkpoint(workdir, proc, after=0, timeout=300):
-  """Waits until a checkpoint of a step above `after` is on disk."""
-  start = time.time()
-  while not [s for s in steps_on_disk(workdir) if s > after]:
-    assert proc.poll() is None, proc.stdout.read()[-3000:]
-    assert time.time() - start < timeout, "no checkpoint appeared"
-    time.sleep(0.02)
-
-
-def all_params(workdir, step=None):
-  """(step, every array of the saved train state by name), read from disk."""
-  checkpointer = ckpt_lib.Checkpointer(str(pathlib.Path(workdir) / "checkpoints"),
-                                       read_only=True)
-  try:
-    fields = ("params", "ema_params", "opt_state", "rng", "step")
-    values, _, _, _ = checkpointer.restore_fields(fields, step)
-  finally:
-    checkpointer.close()
-  return int(values["step"]), flat_arrays(values)
-
-
-# Short enough to be quick, long enough for a signal to land mid-run.
-RUN = ("--config.train.num_steps=20", "--config.train.checkpoint_every=5",
-       "--config.train.log_every=5", *TINY_FLAGS)
-
-
-def assert_bitwise_equal(got, expected):
-  assert got[0] == expected[0]
-  assert got[1].keys() == expected[1].keys()
-  for name, value in expected[1].items():
-    np.testing.assert_array_equal(got[1][name], value, err_msg=name)
-
-
 @pytest.mark.slow
-def test_sigterm_then_sigkill_then_resume_is_bitwise_equal(tmp_path_factory):
+def test_sigterm_then_sigkill_then_resume_is_bitwise_equal(tmp_path_factory,
+                                                         uninterrupted_run):
   """A run stopped by SIGTERM (it saves where it is and exits 75), resumed,
   killed by SIGKILL mid-way (it loses the steps since its last checkpoint),
   and resumed again ends bitwise equal to a run never interrupted."""
-  uninterrupted = tmp_path_factory.mktemp("uninterrupted")
-  result = cli(uninterrupted, *RUN)
-  assert result.returncode == 0, result.stderr[-3000:]
-  expected = all_params(uninterrupted)
+  expected = uninterrupted_run
   workdir = tmp_path_factory.mktemp("interrupted")
   proc = cli(workdir, *RUN, wait=False)
   wait_for_checkpoint(workdir, proc)

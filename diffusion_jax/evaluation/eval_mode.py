@@ -107,7 +107,7 @@ def feature_net(eval_config, data_name: str, mesh=None
 def reference_images(config, eval_config) -> np.ndarray:
   """uint8 [N, S, S, C]: eval.reference's arr_0, or the test split."""
   if eval_config.reference:
-    with np.load(eval_config.reference) as data:
+    with np.load(eval_config.reference, allow_pickle=False) as data:
       if "arr_0" not in data:
         raise ValueError(f"{eval_config.reference} has no arr_0 (guided-diffusion's batch "
                          "layout: uint8 images [N, H, W, C])")
@@ -122,7 +122,7 @@ def _draw(bundle, config, workdir) -> tuple[np.ndarray, Optional[np.ndarray]]:
   """(uint8 samples [N, S, S, C], their labels or None)."""
   eval_config, sample = config.eval, config.sample
   if eval_config.samples:
-    with np.load(eval_config.samples) as data:
+    with np.load(eval_config.samples, allow_pickle=False) as data:
       return data["arr_0"], (data["arr_1"] if "arr_1" in data else None)  # noqa: SIM401
   sampler = Sampler(bundle.spec)
   settings = sample_mode.check_sample_config(sample, bundle.spec)

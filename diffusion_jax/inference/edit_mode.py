@@ -62,7 +62,7 @@ def read_base_samples(source: str, channels: int) -> tuple[np.ndarray, Optional[
   `prompts`), a PNG file, or a folder of PNGs (sorted by name)."""
   path = pathlib.Path(source)
   if path.suffix == ".npz":
-    with np.load(path) as data:
+    with np.load(path, allow_pickle=False) as data:
       if "arr_0" in data:
         return data["arr_0"], None
       if "images" in data:

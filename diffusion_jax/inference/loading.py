@@ -246,20 +246,51 @@ def _load_workdir(workdir: pathlib.Path, ema_rate: Optional[float]) -> Bundle:
   return Bundle(config, params, spec, info, int(values["step"]), rate)
 
 
-def _load_export(folder: pathlib.Path, ema_rate: Optional[float]) -> Bundle:
+def _read_json(path: pathlib.Path) -> dict:
+  """A JSON object from an export, or a one-line error saying what is wrong."""
+  try:
+    value = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path} is missing: {path.parent} is not a complete "
+                            "export") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({e}): the export is damaged") from None
+  if not isinstance(value, dict):
+    raise ValueError(f"{path} holds a {type(value).__name__}, not a JSON object")
+  return value
+
+
+def _read_params(path: pathlib.Path) -> dict:
+  """The flat weights of an export (safetensors: no code runs on reading)."""
   from safetensors.numpy import load_file
-  meta = json.loads((folder / META_FILE).read_text())
+  try:
+    return load_file(str(path))
+  except Exception as e:  # noqa: BLE001 (safetensors raises its own error type)
+    reason = (str(e).splitlines() or [type(e).__name__])[0]
+    raise ValueError(f"{path} is not a readable safetensors file ({reason}): the export "
+                     "is damaged or truncated") from None
+
+
+def _load_export(folder: pathlib.Path, ema_rate: Optional[float]) -> Bundle:
+  meta = _read_json(folder / META_FILE)
   if meta.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{folder} is export format {meta.get('format_version')}; this "
                      f"version of diffusion_jax reads format {FORMAT_VERSION}")
+  missing = [k for k in ("step", "data_info") if k not in meta]
+  if missing:
+    raise ValueError(f"{folder / META_FILE} lacks {', '.join(missing)}: the export is damaged")
   saved_rate = float(meta.get("ema_rate") or RAW)
   if ema_rate is not None and float(ema_rate) != saved_rate:
     raise ValueError(f"{folder} holds the weights at EMA rate {saved_rate:g} only, "
                      f"not {float(ema_rate):g}")
-  config = ml_collections.ConfigDict(json.loads((folder / CONFIG_FILE).read_text()))
-  info = DatasetInfo(**meta["data_info"])
+  config = ml_collections.ConfigDict(_read_json(folder / CONFIG_FILE))
+  try:
+    info = DatasetInfo(**meta["data_info"])
+  except TypeError as e:
+    raise ValueError(f"{folder / META_FILE}: its data_info does not describe a dataset "
+                     f"({e})") from None
   spec = make_spec(config, info)
-  flat = load_file(str(folder / PARAMS_FILE))
+  flat = _read_params(folder / PARAMS_FILE)
   params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v)
                                               for k, v in flat.items()})
   check_params(params, spec, str(folder / PARAMS_FILE))

@@ -25,7 +25,7 @@ from diffusion_jax.data import pipeline
 from diffusion_jax.inference import loading, outputs, sample_mode
 from diffusion_jax.inference.sampler import Sampler, SampleSettings
 from diffusion_jax.training import metrics as metrics_lib
-from diffusion_jax.training import run_guard, tasks
+from diffusion_jax.training import run_guard, tasks, workdir_lock
 from diffusion_jax.training import state as state_lib
 
 
@@ -120,6 +120,16 @@ class _Run:
   def __init__(self, config, workdir, drop_fn=None):
     config_lib.check(config)
     self.config, self.workdir = config, pathlib.Path(workdir)
+    # One writer per workdir, from before anything is written until close().
+    self.lock = workdir_lock.lock_workdir(self.workdir, config.train.lock_renew_every,
+                                          config.train.lock_stale_after)
+    try:
+      self._build(config, drop_fn)
+    except BaseException:
+      self.lock.release()
+      raise
+
+  def _build(self, config, drop_fn):
     self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     parallel.check_batch_size(config.data.batch_size, self.mesh)
     info = pipeline.read_info(config.data)
@@ -138,6 +148,7 @@ class _Run:
     self.sampler = Sampler(self.task.spec, self.mesh) if self.settings else None
 
   def save(self, step):
+    self.lock.check()  # never write after another run took the workdir over
     self.checkpointer.save(step, self.state, config_json(self.config), self.meta)
 
   def log(self, step, metrics, seconds):
@@ -176,9 +187,20 @@ class _Run:
     logging.info("wrote %s", path)
     return path
 
-  def close(self):
-    self.checkpointer.close()
-    self.writer.close()
+  def close(self, failed: bool = False):
+    """Waits for the last save and closes the writers, then frees the
+    workdir. After a failure (`failed`), their own errors are logged, not
+    raised, so that the first error is the one reported."""
+    try:
+      for closer in (self.checkpointer.close, self.writer.close):
+        try:
+          closer()
+        except Exception as e:  # noqa: BLE001
+          if not failed:
+            raise
+          logging.warning("while stopping after an error: %s", str(e).splitlines()[0])
+    finally:
+      self.lock.release()
 
 
 def train_and_evaluate(config, workdir: str,
@@ -205,6 +227,7 @@ def train_and_evaluate(config, workdir: str,
     run.writer.write_scalars(0, {"num_params": state_lib.count_params(run.state.params)})
   progress, watcher = _Progress(run.start, train.num_steps), run_guard.PreemptionWatcher()
   batches, last_log = run.data.batches(run.start), time.perf_counter()
+  failed = True
   try:
     for step in range(run.start + 1, train.num_steps + 1):
       run.state, metrics = run.train_step(run.state,
@@ -229,8 +252,9 @@ def train_and_evaluate(config, workdir: str,
     run.checkpointer.wait()
     if train.num_steps > run.start:
       run.grid(train.num_steps)
+    failed = False
     return run.state
   finally:
     progress.close()
     watcher.close()
-    run.close()
+    run.close(failed)

@@ -22,7 +22,8 @@ EXIT_BAD_INPUT = 2
 # Fields that may change between the runs of one workdir.
 ADJUSTABLE = ("resume", "mesh.", "sample.", "data.data_dir", "train.init_from", "train.num_steps",
               "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-              "train.keep_every", "train.sample_every", "train.max_nonfinite_steps")
+              "train.keep_every", "train.sample_every", "train.max_nonfinite_steps",
+              "train.lock_renew_every", "train.lock_stale_after")
 
 
 class Preempted(Exception):
