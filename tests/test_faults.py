@@ -352,3 +352,22 @@ def test_quick_config_is_trainable_with_the_lock_fields():
   config = quick_config(**TRAINED_RUN, **{"train.lock_stale_after": 5.0})
   with pytest.raises(ValueError, match="lock_stale_after"):
     config_lib.check(config)
+
+
+def test_export_is_renamed_into_place_and_never_overwrites_other_files(export_dir, tmp_path):
+  """A re-export replaces the folder whole (no staging folder left behind);
+  a folder that is not an export is refused, not replaced."""
+  bundle = loading.load(export_dir)
+  target = tmp_path / "model"
+  loading.export(bundle, target)
+  (target / "stale.txt").write_text("from an older export")
+  loading.export(bundle, target)
+  assert sorted(p.name for p in target.iterdir()) == sorted(
+      [loading.PARAMS_FILE, loading.CONFIG_FILE, loading.META_FILE])
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+  notes = tmp_path / "notes"
+  notes.mkdir()
+  (notes / "thesis.tex").write_text("years of work")
+  with pytest.raises(ValueError, match="not an export"):
+    loading.export(bundle, notes)
+  assert (notes / "thesis.tex").read_text() == "years of work"

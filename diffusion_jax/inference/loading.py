@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
+import shutil
 from typing import Any, Optional
 
 import flax
@@ -334,13 +336,30 @@ def _flatten_params(params) -> dict[str, np.ndarray]:
 
 
 def export(bundle: Bundle, output: str | pathlib.Path) -> pathlib.Path:
-  """Writes `bundle`'s weights, config and description as a portable folder."""
+  """Writes `bundle`'s weights, config and description as a portable folder.
+
+  The folder is written beside `output` and renamed into place, so a reader
+  (or a crash) never meets half an export; an existing export there is
+  replaced whole.
+  """
   from safetensors.numpy import save_file
   output = pathlib.Path(output)
-  output.mkdir(parents=True, exist_ok=True)
-  save_file(_flatten_params(bundle.params), str(output / PARAMS_FILE))
-  (output / CONFIG_FILE).write_text(bundle.config.to_json(indent=2))
-  (output / META_FILE).write_text(json.dumps({
+  if output.exists() and any(output.iterdir()) and not (output / PARAMS_FILE).exists():
+    raise ValueError(f"{output} exists and is not an export: choose another --output")
+  output.parent.mkdir(parents=True, exist_ok=True)
+  staging = output.with_name(f".{output.name}.writing-{os.getpid()}")
+  shutil.rmtree(staging, ignore_errors=True)
+  staging.mkdir()
+  save_file(_flatten_params(bundle.params), str(staging / PARAMS_FILE))
+  (staging / CONFIG_FILE).write_text(bundle.config.to_json(indent=2))
+  (staging / META_FILE).write_text(json.dumps({
       "format_version": FORMAT_VERSION, "step": bundle.step, "ema_rate": bundle.ema_rate,
       "data_info": dataclasses.asdict(bundle.info), "task": bundle.kind}, indent=2))
+  if output.exists():
+    replaced = output.with_name(f".{output.name}.replaced-{os.getpid()}")
+    output.rename(replaced)
+    staging.rename(output)
+    shutil.rmtree(replaced)
+  else:
+    staging.rename(output)
   return output

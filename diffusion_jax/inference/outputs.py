@@ -2,6 +2,7 @@
 `.npz` of N samples (`arr_0` uint8 images [N, H, W, C], `arr_1` labels [N])."""
 from __future__ import annotations
 
+import os
 import pathlib
 from typing import Optional, Sequence
 
@@ -96,9 +97,13 @@ def write_grid(images: np.ndarray, labels_grid: np.ndarray, path: str | pathlib.
     path = path.with_suffix("")
   path.parent.mkdir(parents=True, exist_ok=True)
   png, npz = path.with_name(path.name + ".png"), path.with_name(path.name + ".npz")
-  visualize.image_grid(images, row_titles).save(png)
+  partial = path.with_name(f".{path.name}.writing-{os.getpid()}")  # renamed when complete
+  visualize.image_grid(images, row_titles).save(partial, format="PNG")
+  os.replace(partial, png)
   extra = {} if prompts is None else {"prompts": np.asarray(list(prompts))}
-  np.savez(npz, images=visualize.to_uint8(images), labels=labels_grid, **extra)
+  with open(partial, "wb") as f:
+    np.savez(f, images=visualize.to_uint8(images), labels=labels_grid, **extra)
+  os.replace(partial, npz)
   return png
 
 
