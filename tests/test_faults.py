@@ -371,3 +371,41 @@ def test_export_is_renamed_into_place_and_never_overwrites_other_files(export_di
   with pytest.raises(ValueError, match="not an export"):
     loading.export(bundle, notes)
   assert (notes / "thesis.tex").read_text() == "years of work"
+
+
+# ---------------------------------------------------------------- soak (not in the default suite)
+
+SOAK_RUN = (*RUN, "--config.train.num_steps=120", "--config.train.keep_checkpoints=2")
+
+
+@pytest.mark.soak
+def test_soak_random_kills_then_resume_is_bitwise_equal(tmp_path):
+  """`pytest -m soak`: SOAK_KILLS (default 50) SIGKILLs at random moments of
+  a 120-step run (start-up, steps, saves), each followed by a restart of
+  the same command; the end is bitwise equal to an uninterrupted run.
+  Prints a JSON summary (docs/reliability.md quotes it)."""
+  import random
+  kills, rng = int(os.environ.get("SOAK_KILLS", "50")), random.Random(0)
+  reference = tmp_path / "reference"
+  result = cli(reference, *SOAK_RUN)
+  assert result.returncode == 0, result.stderr[-3000:]
+  workdir, done, mid_save, start = tmp_path / "killed", 0, 0, time.time()
+  while done < kills:
+    proc = cli(workdir, *SOAK_RUN, wait=False)
+    try:
+      proc.wait(timeout=rng.uniform(2.0, 14.0))
+      if proc.returncode == 0:
+        break  # finished before the next kill
+      raise AssertionError(proc.stdout.read()[-3000:])
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+      done += 1
+      if (workdir / "checkpoints").exists():
+        mid_save += any("tmp" in p.name for p in (workdir / "checkpoints").iterdir())
+  result = cli(workdir, *SOAK_RUN)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert_bitwise_equal(all_params(workdir), all_params(reference))
+  print(json.dumps({"kills": done, "killed_during_a_save": mid_save,  # noqa: T201
+                    "final_step": all_params(workdir)[0],
+                    "minutes": round((time.time() - start) / 60, 1)}))
