@@ -11,9 +11,14 @@ classifier that guided them; `evaluation.judge`):
 - feature_distance: the mean distance between two samples of one class in
   the evaluator's feature space (diversity);
 - spread_size, spread_position (shapes): how evenly the attributes the label
-  leaves free are spread within a class (normalized entropy; 1 = uniform).
+  leaves free are spread within a class (normalized entropy; 1 = uniform);
+- fd, kid (with kid_se), precision, recall (k = 3): the samples against the
+  test split in the evaluator's features (FD in evaluator features, not
+  FID), the fidelity-diversity curve as distances.
 
-A "real data" row judges the test split the same way. The data filter part
+A "real data" row judges the test split the same way; a "data floor" row
+measures as many train images as a setting draws against the test split
+(FD is biased at small N: compare rows with the floor at the same N). The data filter part
 samples three unconditional shapes models (trained on all data, without
 class 0 by label, without what the classifier calls class 0) and counts how
 often the evaluator sees class 0 (red circle).
@@ -36,12 +41,13 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import environment, markdown_table, save_figure  # noqa: E402
 from diffusion_jax import evaluation, filtering, visualize  # noqa: E402
 from diffusion_jax.data import pipeline, shapes  # noqa: E402
-from diffusion_jax.evaluation import metrics  # noqa: E402
+from diffusion_jax.evaluation import eval_mode, metrics  # noqa: E402
 from diffusion_jax.inference import loading  # noqa: E402
 
 CLASSIFIER_SCALES = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -96,18 +102,43 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def real_data_row(evaluator, data_dir) -> dict:
-  """The evaluator's judgement of its dataset's test split: the ceiling."""
+def split_examples(evaluator, data_dir, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images in [-1, 1], labels) of a split of the evaluator's dataset."""
   data_config = evaluator.config.data.copy_and_resolve_references()
   if data_dir:
     data_config.data_dir = data_dir
-  source, info = pipeline.load_source(data_config, "test")
+  source, info = pipeline.load_source(data_config, split)
   examples = [source[i] for i in range(len(source))]
   images = np.stack([pipeline.to_model_image(e["image"], info.image_size, info.channels)
                      for e in examples])
-  labels = np.array([e["label"] for e in examples])
-  return {"setting": "real data (test split)", "num": len(labels),
-          **metrics_of(evaluator, images, labels)}
+  return images, np.array([e["label"] for e in examples])
+
+
+class Reference:
+  """The test split in the evaluator's features, against which every
+  setting's samples get FD, KID, precision and recall (k = 3)."""
+
+  def __init__(self, evaluator, data_dir):
+    self.evaluator = evaluator
+    self.images, self.labels = split_examples(evaluator, data_dir, "test")
+    self.features = evaluation.features(evaluator, self.images)
+    self.train_images, self.train_labels = split_examples(evaluator, data_dir, "train")
+
+  def distances(self, images) -> dict:
+    config = ml_collections.ConfigDict({"k": 3, "kid_subsets": 100, "kid_subset_size": 1000})
+    return eval_mode.measure(self.features, evaluation.features(self.evaluator, images), config)
+
+  def real_data_row(self) -> dict:
+    """The evaluator's judgement of the test split (the ceiling of accuracy);
+    its distances are those of the first train images, as many as a
+    setting draws (`num`): the data floor at the sweep's sample size."""
+    return {"setting": "real data (test split)", "num": len(self.labels),
+            **metrics_of(self.evaluator, self.images, self.labels)}
+
+  def floor_row(self, num: int) -> dict:
+    images, labels = self.train_images[:num], self.train_labels[:num]
+    return {"setting": f"data floor ({num} train images)", "num": num,
+            **metrics_of(self.evaluator, images, labels), **self.distances(images)}
 
 
 def metrics_of(evaluator, images, labels) -> dict:
@@ -120,8 +151,9 @@ def grid_rows(images: np.ndarray, labels: np.ndarray, classes) -> np.ndarray:
   return images[picks]
 
 
-def run_sweep(sweep: Sweep, args, evaluator) -> tuple[list[dict], list[np.ndarray]]:
+def run_sweep(sweep: Sweep, args, reference: Reference) -> tuple[list[dict], list[np.ndarray]]:
   """(a row per setting, a grid row per setting)."""
+  evaluator = reference.evaluator
   bundle = loading.load(pathlib.Path(args.runs) / sweep.model)
   classifier = (loading.load(pathlib.Path(args.runs) / sweep.classifier, kind="classifier")
                 if sweep.classifier else None)
@@ -135,7 +167,8 @@ def run_sweep(sweep: Sweep, args, evaluator) -> tuple[list[dict], list[np.ndarra
                            steps=args.steps, **knobs)
     seconds = time.perf_counter() - start
     row = {"setting": f"{sweep.knob} {value:g}", sweep.knob: value, "num": len(labels),
-           "seconds": round(seconds, 1), **metrics_of(evaluator, images, labels)}
+           "seconds": round(seconds, 1), **metrics_of(evaluator, images, labels),
+           **reference.distances(images)}
     print(json.dumps({"sweep": sweep.name, **row}), flush=True)  # noqa: T201
     rows.append(row)
     grids.append(grid_rows(images, labels, GRID_CLASSES[sweep.family]))
@@ -188,7 +221,7 @@ def plot(results: dict, folder: pathlib.Path) -> str:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
+  fig, axes = plt.subplots(1, 5, figsize=(25, 4.4))
   for index, sweep in enumerate(SWEEPS):
     if sweep.name not in results["sweeps"]:
       continue
@@ -202,6 +235,8 @@ def plot(results: dict, folder: pathlib.Path) -> str:
     if "spread_size" in rows[0]:
       axes[2].plot(acc, [r["spread_size"] for r in rows], fmt, **style)
     axes[3].plot(acc, [r["feature_distance"] / real for r in rows], fmt, **style)
+    if "precision" in rows[0]:
+      axes[4].plot([r["recall"] for r in rows], [r["precision"] for r in rows], fmt, **style)
   axes[0].set_xscale("symlog", linthresh=0.5)
   axes[0].set_xticks(CLASSIFIER_SCALES, [f"{s:g}" for s in CLASSIFIER_SCALES])
   axes[0].set(xlabel="classifier scale s", ylabel="evaluator accuracy",
@@ -211,6 +246,8 @@ def plot(results: dict, folder: pathlib.Path) -> str:
               title="diversity left free by the label (shapes)")
   axes[3].set(xlabel="evaluator accuracy (fidelity)",
               ylabel="within-class feature distance / real data's", title="feature distance")
+  axes[4].set(xlabel="recall (diversity)", ylabel="precision (fidelity)",
+              title="k-NN precision and recall (k = 3), test split")
   return save_figure(fig, axes, folder / "tradeoff.png")
 
 
@@ -219,10 +256,13 @@ def markdown(results: dict) -> str:
   for name, sweep in results["sweeps"].items():
     family = sweep["family"]
     columns = [c for c in ("accuracy", "accuracy_shape", "accuracy_color", "feature_distance",
-                           "spread_size", "spread_position", "seconds")
+                           "spread_size", "spread_position", "fd", "kid", "kid_se",
+                           "precision", "recall", "seconds")
                if c in sweep["rows"][0]]
+    floor = [results["data_floor"][family]] if "fd" in columns and \
+        family in results.get("data_floor", {}) else []
     rows = [[row["setting"]] + [row.get(c, "") for c in columns]
-            for row in sweep["rows"] + [results["real_data"][family]]]
+            for row in sweep["rows"] + [results["real_data"][family]] + floor]
     lines += [f"\n{name}\n", *markdown_table(("setting",) + tuple(columns), rows)]
   if results.get("filter"):
     lines += ["\nfilter\n",
@@ -256,10 +296,14 @@ def main(argv=None) -> None:
   results["runs"].append({"environment": environment(), "sweeps": [s.name for s in chosen],
                           "per_class": args.per_class, "seed": 0, "method": args.method,
                           "steps": args.steps, "filter_num": args.filter_num})
+  references = {}
   for family in sorted({s.family for s in chosen}):
-    results["real_data"][family] = real_data_row(evaluators[family], args.data_dir)
+    references[family] = Reference(evaluators[family], args.data_dir)
+    results["real_data"][family] = references[family].real_data_row()
+    num = args.per_class * evaluators[family].info.num_classes
+    results.setdefault("data_floor", {})[family] = references[family].floor_row(num)
   for sweep in chosen:
-    rows, grids = run_sweep(sweep, args, evaluators[sweep.family])
+    rows, grids = run_sweep(sweep, args, references[sweep.family])
     results["sweeps"][sweep.name] = {
         "family": sweep.family, "model": sweep.model, "classifier": sweep.classifier,
         "method": args.method, "steps": args.steps, "per_class": args.per_class, "rows": rows,
