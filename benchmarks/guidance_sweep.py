@@ -104,13 +104,7 @@ def parse_args(argv=None):
 
 def split_examples(evaluator, data_dir, split: str) -> tuple[np.ndarray, np.ndarray]:
   """(images in [-1, 1], labels) of a split of the evaluator's dataset."""
-  data_config = evaluator.config.data.copy_and_resolve_references()
-  if data_dir:
-    data_config.data_dir = data_dir
-  source, info = pipeline.load_source(data_config, split)
-  examples = [source[i] for i in range(len(source))]
-  images = np.stack([pipeline.to_model_image(e["image"], info.image_size, info.channels)
-                     for e in examples])
+  images, examples = pipeline.split_examples(evaluator.config.data, split, data_dir=data_dir)
   return images, np.array([e["label"] for e in examples])
 
 

@@ -62,6 +62,8 @@ def parse_args(argv=None):
   parser.add_argument("--figures", default="docs/results")
   parser.add_argument("--report", default="docs/results.md",
                       help="the markdown report written from the results")
+  parser.add_argument("--guidance", default="benchmarks/results/guidance_cpu.json",
+                      help="the guidance sweep's results, whose FD columns the report quotes")
   parser.add_argument("--report_only", action="store_true",
                       help="only rewrite the plot and --report from --out")
   return parser.parse_args(argv)
@@ -69,13 +71,8 @@ def parse_args(argv=None):
 
 def split_images(data_config, split: str, num: int) -> tuple[np.ndarray, np.ndarray]:
   """(uint8 images, labels) of the first `num` examples of a split."""
-  source, info = pipeline.load_source(data_config, split)
-  count = min(num, len(source))
-  images = np.stack([visualize.to_uint8(pipeline.to_model_image(source[i]["image"],
-                                                                info.image_size,
-                                                                info.channels))
-                     for i in range(count)])
-  return images, np.array([int(source[i]["label"]) for i in range(count)])
+  images, examples = pipeline.split_examples(data_config, split, num)
+  return visualize.to_uint8(images), np.array([int(e["label"]) for e in examples])
 
 
 def measured(name, images, labels, real_features, net, evaluator, eval_config) -> dict:
@@ -239,7 +236,32 @@ def write_report(results, args) -> None:
               f"dim ({b['seconds']:.0f} s). The model was trained on L_simple with a fixed "
               "variance, which Improved DDPM shows is far from the best likelihood; the "
               "number is a bound, reported as improved-diffusion does."]
+  lines += guidance_section(pathlib.Path(args.guidance))
   pathlib.Path(args.report).write_text("\n".join(lines) + "\n")
+
+
+def guidance_section(path: pathlib.Path) -> list[str]:
+  """The guidance sweep's tables (benchmarks/guidance_sweep.py), where its
+  results carry the distance columns."""
+  if not path.exists():
+    return []
+  results = json.loads(path.read_text())
+  sweeps = {n: s for n, s in results["sweeps"].items() if "fd" in s["rows"][0]}
+  if not sweeps:
+    return []
+  import guidance_sweep
+  run = results["runs"][-1]
+  env = run["environment"]
+  return ["", "## Against the guidance scale", "",
+          "The fidelity-diversity trade-off of classifier guidance and CFG: evaluator "
+          "accuracy, FD, KID, precision and recall for each scale, on one set of samples "
+          f"per setting ({run['per_class']} per class, {run['method']} {run['steps']} steps), "
+          "against the test split, beside the data floor at the same number of images. "
+          "Made by `python benchmarks/guidance_sweep.py --append --sweeps=...` "
+          f"({env['device']}, jax {env['jax']}, commit {env['commit']}); the sweeps that "
+          "predate the distance columns are left out here (see docs/guidance.md).",
+          "", "![trade-off](guidance/tradeoff.png)",
+          guidance_sweep.markdown({**results, "sweeps": sweeps, "filter": None})]
 
 
 if __name__ == "__main__":

@@ -77,13 +77,7 @@ def parse_args(argv=None):
 def test_split(model_config, data_dir):
   """(images [N, S, S, C] in [-1, 1], captions [N], the examples) of the
   model's test split."""
-  data_config = model_config.data.copy_and_resolve_references()
-  if data_dir:
-    data_config.data_dir = data_dir
-  source, info = pipeline.load_source(data_config, "test")
-  examples = [source[i] for i in range(len(source))]
-  images = np.stack([pipeline.to_model_image(e["image"], info.image_size, info.channels)
-                     for e in examples])
+  images, examples = pipeline.split_examples(model_config.data, "test", data_dir=data_dir)
   captions = [e["caption"].decode() if isinstance(e["caption"], bytes) else e["caption"]
               for e in examples]
   return images, captions, examples

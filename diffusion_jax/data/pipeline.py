@@ -64,6 +64,21 @@ def load_source(data_config, split: str = "train"):
   return source, dataset_info(data_config, builder, len(source))
 
 
+def split_examples(data_config, split: str = "test", num: Optional[int] = None,
+                   data_dir: Optional[str] = None) -> tuple[np.ndarray, list[dict]]:
+  """(images [N, S, S, C] float32 in [-1, 1] at the config's size and
+  channels, the N raw examples) of the first `num` examples of `split`
+  (all of them by default); `data_dir` overrides the config's."""
+  if data_dir:
+    data_config = data_config.copy_and_resolve_references()
+    data_config.data_dir = data_dir
+  source, info = load_source(data_config, split)
+  examples = [source[i] for i in range(len(source) if num is None else min(num, len(source)))]
+  images = np.stack([to_model_image(e["image"], info.image_size, info.channels)
+                     for e in examples])
+  return images, examples
+
+
 def read_info(data_config) -> DatasetInfo:
   """The `DatasetInfo` of `config.data` (prepares an embedded dataset on first use)."""
   return load_source(data_config)[1]

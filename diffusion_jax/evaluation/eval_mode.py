@@ -112,10 +112,7 @@ def reference_images(config, eval_config) -> np.ndarray:
         raise ValueError(f"{eval_config.reference} has no arr_0 (guided-diffusion's batch "
                          "layout: uint8 images [N, H, W, C])")
       return data["arr_0"]
-  source, info = pipeline.load_source(config.data, "test")
-  return np.stack([visualize.to_uint8(pipeline.to_model_image(source[i]["image"],
-                                                              info.image_size, info.channels))
-                   for i in range(len(source))])
+  return visualize.to_uint8(pipeline.split_examples(config.data, "test")[0])
 
 
 def _draw(bundle, config, workdir) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -160,13 +157,10 @@ def measure(real_features, fake_features, eval_config) -> dict:
 
 def bits_per_dim(bundle, config, num: int, seed: int) -> dict:
   """The bound on `num` test images (`likelihood.bits_per_dim`), mean and SE."""
-  source, info = pipeline.load_source(config.data, "test")
-  x0 = np.stack([pipeline.to_model_image(source[i]["image"], info.image_size, info.channels)
-                 for i in range(min(num, len(source)))])
+  x0, examples = pipeline.split_examples(config.data, "test", num)
   cond = {}
   if bundle.spec.num_classes:
-    cond = bundle.spec.prepare_cond({"labels": [int(source[i]["label"]) for i in
-                                                range(len(x0))]}, len(x0))
+    cond = bundle.spec.prepare_cond({"labels": [int(e["label"]) for e in examples]}, len(x0))
   spec = bundle.spec
   model_fn = lambda x, t, **c: spec.apply(bundle.params, x, t, **c)  # noqa: E731
   totals = []

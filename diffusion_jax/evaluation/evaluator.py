@@ -83,14 +83,7 @@ def features(evaluator: loading.Bundle, images) -> np.ndarray:
 def accuracy(evaluator: loading.Bundle, split: str = "test",
              data_dir: Optional[str] = None) -> dict[str, float]:
   """Accuracy per attribute on a split of the evaluator's own dataset."""
-  data_config = evaluator.config.data
-  if data_dir is not None:
-    data_config = data_config.copy_and_resolve_references()
-    data_config.data_dir = data_dir
-  source, info = pipeline.load_source(data_config, split)
-  examples = [source[i] for i in range(len(source))]
-  images = np.stack([pipeline.to_model_image(e["image"], info.image_size, info.channels)
-                     for e in examples])
+  images, examples = pipeline.split_examples(evaluator.config.data, split, data_dir=data_dir)
   predicted = predict(evaluator, images)
   return {name: float(np.mean(predicted[name] == np.array([e[name] for e in examples])))
           for name, _ in evaluator.spec.model.attributes}
