@@ -116,8 +116,15 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   DIFFUSION_JAX_PROCESS_ID), or the environment is a TPU pod / SLURM job,
   which `jax.distributed.initialize()` detects itself (set
   DIFFUSION_JAX_DISTRIBUTED=auto).
+
+  A process that dies (SIGKILL, a lost node) is noticed by the others after
+  DIFFUSION_JAX_HEARTBEAT_TIMEOUT seconds without its heartbeat (default
+  JAX's, 100): they then abort instead of waiting in a collective forever.
   """
   env = os.environ
+  timeouts = {}
+  if env.get("DIFFUSION_JAX_HEARTBEAT_TIMEOUT"):
+    timeouts["heartbeat_timeout_seconds"] = int(env["DIFFUSION_JAX_HEARTBEAT_TIMEOUT"])
   coordinator_address = coordinator_address or env.get("DIFFUSION_JAX_COORDINATOR")
   if coordinator_address:
     num_processes = num_processes or int(env["DIFFUSION_JAX_NUM_PROCESSES"])
@@ -126,9 +133,9 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     # (Querying the backend here would initialise it too early.)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               local_device_ids=local_device_ids)
+                               local_device_ids=local_device_ids, **timeouts)
   elif env.get("DIFFUSION_JAX_DISTRIBUTED") == "auto":
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeouts)
   else:
     return False
   logging.info("process %d of %d, %d local of %d devices", jax.process_index(),

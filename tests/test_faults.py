@@ -409,3 +409,27 @@ def test_soak_random_kills_then_resume_is_bitwise_equal(tmp_path):
   print(json.dumps({"kills": done, "killed_during_a_save": mid_save,  # noqa: T201
                     "final_step": all_params(workdir)[0],
                     "minutes": round((time.time() - start) / 60, 1)}))
+
+
+@pytest.mark.slow
+def test_a_dead_process_stops_the_others(tmp_path):
+  """2 processes x 2 devices: process 1 is SIGKILLed mid-run; process 0,
+  waiting on a collective, notices the missing heartbeat and exits
+  (DIFFUSION_JAX_HEARTBEAT_TIMEOUT=10 here; JAX's default is 100 s, after
+  which it measured 89 s) instead of waiting forever."""
+  from conftest import free_port
+  port = free_port()
+  procs = [cli(tmp_path, *RUN, "--config.train.num_steps=2000",
+               f"--coordinator_address=localhost:{port}", "--num_processes=2",
+               f"--process_id={i}", wait=False, devices=2,
+               env={"DIFFUSION_JAX_HEARTBEAT_TIMEOUT": "10"}) for i in range(2)]
+  try:
+    wait_for_checkpoint(tmp_path, procs[0])
+    procs[1].kill()
+    start = time.monotonic()
+    procs[0].communicate(timeout=120)
+    assert procs[0].returncode != 0
+    assert time.monotonic() - start < 60
+  finally:
+    for p in procs:
+      p.kill()
