@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "diffusion_jax"
 # Lowest first. A unit is a top-level module or a subpackage of diffusion_jax.
 FLOORS = (
     ("platform", "validation", "visualize", "schedules", "parallel",  # foundations
-     "text"),  # tokenizers
+     "text", "faults"),  # tokenizers; the tests' fault injection
     ("diffusion", "oracles", "guidance", "sampling", "masks", "likelihood"),  # the math
     ("models", "data", "checkpoint", "config_lib"),  # networks, datasets, storage
     ("inference",),  # a trained model: spec, loading, sampler, sample files
