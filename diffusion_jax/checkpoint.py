@@ -157,11 +157,13 @@ class Checkpointer:
       raise ValueError(f"the checkpoint at step {step} holds {'/'.join(extra[0])}, "
                        "which the model the config builds lacks")
 
+  def _newest_first(self, step: Optional[int]) -> list[int]:
+    """The saved steps at or before `step` (all if None), newest first."""
+    return [s for s in reversed(self.all_steps()) if step is None or s <= step]
+
   def _readable_steps(self, step: Optional[int]):
     """Steps at or before `step` (newest first) whose metadata reads."""
-    for candidate in reversed(self.all_steps()):
-      if step is not None and candidate > step:
-        continue
+    for candidate in self._newest_first(step):
       try:
         self._state_metadata(candidate)
       except Exception as e:  # noqa: BLE001 (any failure to read means unusable)
@@ -224,9 +226,7 @@ class Checkpointer:
     """(config, meta) of `step` or the latest step where both read, without
     the state (a step whose JSON is missing or damaged is skipped, with a
     warning)."""
-    for candidate in reversed(self.all_steps()):
-      if step is not None and candidate > step:
-        continue
+    for candidate in self._newest_first(step):
       try:
         restored = self._manager.restore(candidate, args=ocp.args.Composite(
             config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
