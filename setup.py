@@ -45,6 +45,10 @@ setup(
         "notebooks": ["jupyter", "nbclient>=0.10", "ipykernel"],
         # The PyTorch twin of the training benchmark; 2.13.0 is a CPU build.
         "bench": ["torch>=2.5,<=2.13.0"],
+        # --mode=convert reads OpenAI's released .pt files (weights only). The
+        # CPU build is enough: pip install torch --index-url
+        # https://download.pytorch.org/whl/cpu, before this extra.
+        "convert": ["torch>=2.5,<=2.13.0"],
     },
     entry_points={"console_scripts": ["diffusion-jax=diffusion_jax.main:run"]},
     license="Apache-2.0",

@@ -48,6 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.feature_dim = 128  # the evaluator's feature vector
   c.model.dtype = "float32"  # compute dtype; params stay float32
   c.model.remat = False
+  # How a fused qkv projection splits into heads: "legacy" (head-major,
+  # guided-diffusion's QKVAttentionLegacy and GLIDE) or "new" (q, k, v first:
+  # guided-diffusion's QKVAttention, its 64x64 model's order).
+  c.model.attention_order = "legacy"
   # GLIDE's text model (captions, GPT-2 BPE): text_ctx > 0 makes a
   # text-to-image UNet; train.label_dropout then drops captions (CFG).
   c.model.text_ctx = 0
@@ -347,6 +351,7 @@ _RULES = (
 _CHOICES = {
     "task": ("diffusion", "classifier", "evaluator", "clip"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.attention_order": ("legacy", "new"),
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.parameterization": ("eps", "x0", "v"),
     "diffusion.variance": ("fixed_small", "fixed_large", "learned_range", "learned"),

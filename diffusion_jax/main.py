@@ -1,5 +1,8 @@
 """Command line: `python -m diffusion_jax.main --mode=MODE --config=FILE[:variant] --workdir=DIR`.
 
+`sample`, `export` and `eval` may leave out --config: they then take the
+config the model in WORKDIR was saved with, and `--config.x=y` overrides it.
+
 Modes:
   train: train the config's model in WORKDIR, resuming from its latest
     checkpoint; writes TensorBoard logs, checkpoints and sample grids.
@@ -14,6 +17,9 @@ Modes:
     precision and recall, class accuracy; bits per dim with
     `--config.eval.bpd=True`), as the config's `eval` section says.
   toy: sample a 2-D Gaussian mixture with its exact denoiser (no training).
+  convert: convert a released guided-diffusion or GLIDE checkpoint
+    (`--source=FILE.pt --kind=KIND [--flags="--name value ..."]`) into an
+    export (`--output`, default exports/KIND); no --config or --workdir.
 
 Exit status: 0 done, 1 failed, 2 bad input (a one-line error), 73 the workdir
 is in use by another training run, 74 an I/O error such as a full disk (the
@@ -45,15 +51,23 @@ from diffusion_jax.training import run_guard, workdir_lock
 EXIT_IO = 74  # EX_IOERR: a checkpoint or a log could not be written
 EXIT_GRACE_S = 10.0  # a failed run's threads get this long to stop
 
-_MODES = ("train", "sample", "export", "eval", "toy")
+_MODES = ("train", "sample", "export", "eval", "toy", "convert")
+_SAVED_CONFIG_MODES = ("sample", "export", "eval")  # --config defaults to the model's own
 
 FLAGS = flags.FLAGS
 _MODE = flags.DEFINE_enum("mode", "train", _MODES, "What to run.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs go.", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs go (all modes but convert).")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file, e.g. configs/shapes_class_cond.py:quick.",
     lock_config=True)
-_OUTPUT = flags.DEFINE_string("output", None, "Export folder (--mode=export).")
+_OUTPUT = flags.DEFINE_string("output", None, "Export folder (--mode=export, convert).")
+_SOURCE = flags.DEFINE_string("source", None, "--mode=convert: the released .pt file "
+                              "(the CLIP: both files, comma-separated).")
+_KIND = flags.DEFINE_string("kind", None, "--mode=convert: the released model, by its "
+                            "checkpoint name (64x64_diffusion, base, clip, ...).")
+_REFERENCE_FLAGS = flags.DEFINE_string(
+    "flags", "", "--mode=convert: guided-diffusion's or GLIDE's flags on top of the kind's, "
+    "e.g. \"--image_size 128 --num_channels 256\".")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, for multi-host runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
@@ -109,9 +123,25 @@ _RUNS = {"toy": _run_toy, "train": _run_train, "sample": _run_sample, "export": 
          "eval": _run_eval}
 
 
+def _run_convert():
+  from diffusion_jax.openai import converter
+  if not _SOURCE.value or not _KIND.value:
+    from diffusion_jax.openai import released
+    fail("--mode=convert needs --source=FILE.pt and --kind=KIND (one of "
+         f"{', '.join(released.KINDS)})")
+  print(converter.run(_SOURCE.value, _KIND.value, _REFERENCE_FLAGS.value, _OUTPUT.value))
+
+
 def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _MODE.value == "convert":
+    try:
+      return _run_convert()
+    except (ValueError, FileNotFoundError, ImportError) as e:
+      fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  if not _WORKDIR.value:
+    fail(f"--mode={_MODE.value} needs --workdir")
   config = _CONFIG.value
   if config is None:
     fail("--config is required, e.g. --config=configs/shapes_class_cond.py")
@@ -186,8 +216,33 @@ def _config_path(argv) -> str:
   return path.split(":")[0]
 
 
+def _flag_value(argv, name: str):
+  """The value of `--name=value` or `--name value` in argv, or None."""
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      return arg.split("=", 1)[1]
+    if arg == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _with_saved_config(argv):
+  """argv with `--config=<saved_config.py>:WORKDIR` added where a mode that
+  reads a model is given no --config: the model's own config, overridable."""
+  mode, workdir = _flag_value(argv, "mode"), _flag_value(argv, "workdir")
+  if mode not in _SAVED_CONFIG_MODES or not workdir or _flag_value(argv, "config"):
+    return argv
+  from diffusion_jax.inference import saved_config
+  try:
+    saved_config.get_config(workdir)
+  except (ValueError, FileNotFoundError) as e:
+    fail(f"{str(e).splitlines()[0]}; or give --config")
+  return [argv[0], f"--config={saved_config.__file__}:{workdir}"] + list(argv[1:])
+
+
 def _parse_flags(argv):
   """absl flag parsing with one-line errors for bad flags or config overrides."""
+  argv = _with_saved_config(argv)
   try:
     return FLAGS(argv)
   except flags.Error as e:

@@ -6,13 +6,16 @@
 #   bash launch/quickstart.sh test   # the test suite on the CPU backend
 #   bash launch/quickstart.sh toy    # the exact-denoiser demo (2-D mixture, seconds)
 #
-# Needs only python3 >= 3.10 with venv; set PYTHON to use another interpreter
-# and DIFFUSION_JAX_VENV to put the environment elsewhere.
+# Needs only python3 >= 3.10 with venv; set PYTHON to use another interpreter,
+# DIFFUSION_JAX_VENV to put the environment elsewhere, and DIFFUSION_JAX_EXTRAS
+# to install more extras than "test" (CI: "test,convert", PyTorch for the
+# converter's tests; without it those tests skip).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${DIFFUSION_JAX_VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
+extras="${DIFFUSION_JAX_EXTRAS:-test}"
 
 die() { echo "quickstart: $*" >&2; exit 2; }
 
@@ -24,12 +27,12 @@ ensure_env() {
     echo "quickstart: creating a virtual environment in $venv"
     "$python" -m venv "$venv" || die "could not create $venv (on Debian/Ubuntu: apt install python3-venv)"
   fi
-  # Reinstall only when setup.py changed since the last install.
-  local stamp="$venv/.diffusion_jax-$(sha256sum "$root/setup.py" | cut -c1-16)"
+  # Reinstall only when setup.py or the extras changed since the last install.
+  local stamp="$venv/.diffusion_jax-$( (cat "$root/setup.py"; echo "$extras") | sha256sum | cut -c1-16)"
   if [ ! -f "$stamp" ]; then
     echo "quickstart: installing diffusion_jax and its dependencies (once; a few minutes)"
     "$venv/bin/python" -m pip install -q --upgrade pip
-    "$venv/bin/python" -m pip install -q -e "$root[test]"
+    "$venv/bin/python" -m pip install -q -e "$root[$extras]"
     rm -f "$venv"/.diffusion_jax-*
     touch "$stamp"
   fi

@@ -108,6 +108,28 @@ def run_cli(*args, devices: int = 1, wait: bool = True, env=None, timeout: int =
                           stderr=subprocess.STDOUT, text=True)
 
 
+def nhwc(a):
+  """A PyTorch NCHW array as our NHWC."""
+  return jax.numpy.asarray(a.transpose(0, 2, 3, 1))
+
+
+def reference_inputs(data):
+  """(x, t, conditioning) of an openai_parity file, in our layout and names."""
+  x, t = nhwc(data["x_nchw"]), jax.numpy.asarray(data["t"])
+  cond = {}
+  if "y" in data:
+    cond["y"] = jax.numpy.asarray(data["y"])
+  if "low_res_nchw" in data:
+    cond["low_res"] = nhwc(data["low_res_nchw"])
+  if "inpaint_image_nchw" in data:
+    cond["inpaint_image"] = nhwc(data["inpaint_image_nchw"])
+    cond["inpaint_mask"] = nhwc(data["inpaint_mask_nchw"])
+  if "tokens" in data:
+    cond["tokens"] = jax.numpy.asarray(data["tokens"])
+    cond["mask"] = jax.numpy.asarray(data["mask"])
+  return x, t, cond
+
+
 def error_line(result) -> str:
   """The one `error:` line of a failed CLI run (asserting there is exactly one)."""
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -18,7 +18,7 @@ FLOORS = (
     ("diffusion", "oracles", "guidance", "sampling", "masks", "likelihood"),  # the math
     ("models", "data", "checkpoint", "config_lib"),  # networks, datasets, storage
     ("inference",),  # a trained model: spec, loading, sampler, sample files
-    ("training", "evaluation"),  # the loop; judging samples, --mode=eval
+    ("training", "evaluation", "openai"),  # the loop; judging samples; released models
     ("filtering", "toy", "main", "__init__"),  # applications and the API facade
 )
 FLOOR = {unit: level for level, units in enumerate(FLOORS) for unit in units}

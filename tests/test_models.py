@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import reference_inputs
 from diffusion_jax.models import NoisyClassifier, UNet, convert
 from diffusion_jax.models.text import TextSpec
 
@@ -29,25 +30,6 @@ REFERENCE_MODELS = {
     "glide_inpaint": (UNet, dict(GLIDE, inpaint=True)),
     "glide_upsample": (UNet, dict(GLIDE, super_res=True)),
 }
-
-
-def nhwc(a):
-  return jnp.asarray(a.transpose(0, 2, 3, 1))
-
-
-def reference_inputs(data):
-  x, t = nhwc(data["x_nchw"]), jnp.asarray(data["t"])
-  cond = {}
-  if "y" in data:
-    cond["y"] = jnp.asarray(data["y"])
-  if "low_res_nchw" in data:
-    cond["low_res"] = nhwc(data["low_res_nchw"])
-  if "inpaint_image_nchw" in data:
-    cond["inpaint_image"] = nhwc(data["inpaint_image_nchw"])
-    cond["inpaint_mask"] = nhwc(data["inpaint_mask_nchw"])
-  if "tokens" in data:
-    cond["tokens"], cond["mask"] = jnp.asarray(data["tokens"]), jnp.asarray(data["mask"])
-  return x, t, cond
 
 
 def load_reference(shared_dir, name):
@@ -79,19 +61,29 @@ def test_openai_state_dict_reproduces_reference_output(shared_dir, name):
       v.size for v in state_dict.values())
 
 
-def test_import_names_the_mismatch(shared_dir):
+def test_import_names_every_mismatch(shared_dir):
+  """A wrong shape, a missing key and an extra key at once: all three named,
+  the shape in PyTorch's layout (what the user's file holds)."""
   model, shapes, _, state_dict, _ = load_reference(shared_dir, "adm_unet")
-  broken = dict(state_dict)
+  broken = dict(state_dict, **{"extra.weight": np.zeros(3)})
   broken["input_blocks.1.0.in_layers.2.weight"] = np.zeros((16, 32, 3, 3), np.float32)
-  with pytest.raises(ValueError, match=r"input_blocks.1.0.in_layers.2.weight.*\(3, 3, 32, 16\)"):
+  del broken["label_emb.weight"]
+  with pytest.raises(convert.StateDictMismatch) as caught:
     convert.from_torch(broken, shapes)
-  missing = dict(state_dict)
-  del missing["label_emb.weight"]
-  with pytest.raises(ValueError, match="no 'label_emb.weight'"):
-    convert.from_torch(missing, shapes)
-  extra = dict(state_dict, **{"extra.weight": np.zeros(3)})
-  with pytest.raises(ValueError, match="extra.weight"):
-    convert.from_torch(extra, shapes)
+  e = caught.value
+  assert e.missing == ["label_emb.weight"] and e.unused == ["extra.weight"]
+  assert e.shapes == [("input_blocks.1.0.in_layers.2.weight", (16, 32, 3, 3), (32, 32, 3, 3))]
+  assert "1 keys missing (label_emb.weight)" in str(e) and "\n" not in str(e)
+  assert "input_blocks.1.0.in_layers.2.weight is (16, 32, 3, 3), not (32, 32, 3, 3)" in str(e)
+  assert len(e.lines()) == 3
+
+
+def test_expected_keys_are_the_state_dicts(shared_dir):
+  """Our parameters' PyTorch names and shapes, computed without weights,
+  are exactly the reference state_dict's (Conv1d [out, in, 1] included)."""
+  for name in ("adm_unet", "adm_classifier", "glide_inpaint"):
+    _, shapes, _, state_dict, _ = load_reference(shared_dir, name)
+    assert convert.expected_keys(shapes) == {k: v.shape for k, v in state_dict.items()}, name
 
 
 TINY = dict(model_channels=32, num_res_blocks=1, channel_mult=(1, 2),

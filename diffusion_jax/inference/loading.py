@@ -231,16 +231,41 @@ def load(path: str | pathlib.Path, ema_rate: Optional[float] = None,
   return bundle
 
 
+def _on_base(saved: dict) -> ml_collections.ConfigDict:
+  """A saved config over `base_config()`: fields added since it was saved
+  take their defaults."""
+  from diffusion_jax import config_lib
+  config = config_lib.base_config()
+  config.update(saved)
+  return config
+
+
+def saved_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """The config an export folder or a training workdir was saved with
+  (`--mode=sample` and friends use it when no --config is given)."""
+  path = pathlib.Path(path)
+  if (path / CONFIG_FILE).exists():
+    return _on_base(_read_json(path / CONFIG_FILE))
+  if (path / "checkpoints").is_dir():
+    checkpointer = ckpt_lib.Checkpointer(str(path / "checkpoints"), read_only=True)
+    try:
+      return _on_base(checkpointer.restore_json()[0])
+    finally:
+      checkpointer.close()
+  raise FileNotFoundError(f"{path} is neither an export ({PARAMS_FILE}, {CONFIG_FILE}) "
+                          "nor a training workdir (checkpoints/): give --config")
+
+
 def _load_workdir(workdir: pathlib.Path, ema_rate: Optional[float]) -> Bundle:
   checkpointer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), read_only=True)
   try:
-    config = ml_collections.ConfigDict(checkpointer.restore_json()[0])
+    config = _on_base(checkpointer.restore_json()[0])
     rate = ema_choice(config.sample) if ema_rate is None else float(ema_rate)
     field = weights_field(config, rate)
     values, config_json, meta, _ = checkpointer.restore_fields((field, "step"))
   finally:
     checkpointer.close()
-  config = ml_collections.ConfigDict(config_json)
+  config = _on_base(config_json)
   info = DatasetInfo(**meta["data_info"])
   spec = make_spec(config, info)
   params = values[field]
@@ -285,7 +310,7 @@ def _load_export(folder: pathlib.Path, ema_rate: Optional[float]) -> Bundle:
   if ema_rate is not None and float(ema_rate) != saved_rate:
     raise ValueError(f"{folder} holds the weights at EMA rate {saved_rate:g} only, "
                      f"not {float(ema_rate):g}")
-  config = ml_collections.ConfigDict(_read_json(folder / CONFIG_FILE))
+  config = _on_base(_read_json(folder / CONFIG_FILE))
   try:
     info = DatasetInfo(**meta["data_info"])
   except TypeError as e:
@@ -335,8 +360,12 @@ def _flatten_params(params) -> dict[str, np.ndarray]:
   return {k: np.asarray(jax.device_get(v), np.float32) for k, v in flat.items()}
 
 
-def export(bundle: Bundle, output: str | pathlib.Path) -> pathlib.Path:
+def export(bundle: Bundle, output: str | pathlib.Path,
+           origin: Optional[dict] = None) -> pathlib.Path:
   """Writes `bundle`'s weights, config and description as a portable folder.
+
+  `origin` (JSON) records where the weights came from (a converted
+  checkpoint's kind, flags and file hashes) in meta.json.
 
   The folder is written beside `output` and renamed into place, so a reader
   (or a crash) never meets half an export; an existing export there is
@@ -354,7 +383,8 @@ def export(bundle: Bundle, output: str | pathlib.Path) -> pathlib.Path:
   (staging / CONFIG_FILE).write_text(bundle.config.to_json(indent=2))
   (staging / META_FILE).write_text(json.dumps({
       "format_version": FORMAT_VERSION, "step": bundle.step, "ema_rate": bundle.ema_rate,
-      "data_info": dataclasses.asdict(bundle.info), "task": bundle.kind}, indent=2))
+      "data_info": dataclasses.asdict(bundle.info), "task": bundle.kind,
+      **({"origin": origin} if origin else {})}, indent=2))
   if output.exists():
     replaced = output.with_name(f".{output.name}.replaced-{os.getpid()}")
     output.rename(replaced)

@@ -61,8 +61,11 @@ def row_titles(data_config, num_classes, labels_grid, image_size: int):
   """The grid's row titles: each row's class name, or None without classes."""
   if not num_classes:
     return None
-  return builders.label_names(data_config.name, labels_grid[:, 0],
-                              data_config.data_dir or None, image_size=image_size)
+  try:
+    return builders.label_names(data_config.name, labels_grid[:, 0],
+                                data_config.data_dir or None, image_size=image_size)
+  except ValueError:  # the data is not here (a converted ImageNet model): numbers
+    return [f"class {int(label)}" for label in labels_grid[:, 0]]
 
 
 @dataclasses.dataclass

@@ -43,10 +43,33 @@ def torch_key(path: tuple[str, ...]) -> str:
   return ".".join([_torch_module(m) for m in modules] + [_LEAF_NAMES[leaf]])
 
 
-def _to_flax_layout(leaf: str, value: np.ndarray, target_ndim: int) -> np.ndarray:
+# Our Dense layers that are 1x1 Conv1d layers in PyTorch ([out, in, 1]): the
+# attention blocks' and the attention pool's projections. GLIDE's text
+# transformer's c_proj is a Linear.
+_CONV1D = {"qkv", "proj_out", "encoder_kv", "qkv_proj"}
+
+
+def _is_conv1d(path: tuple[str, ...]) -> bool:
+  module = path[-2] if len(path) > 1 else ""
+  return module in _CONV1D or (module == "c_proj" and path[0] != "text")
+
+
+def torch_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The PyTorch shape of the parameter our `path` holds with `shape`."""
+  leaf = path[-1]
+  if leaf == "kernel" and len(shape) == 4:
+    return (shape[3], shape[2], shape[0], shape[1])
+  if leaf == "kernel" and len(shape) == 2:
+    return (shape[1], shape[0]) + ((1,) if _is_conv1d(path) else ())
+  if leaf == "positional_embedding":
+    return tuple(reversed(shape))
+  return tuple(shape)
+
+
+def _to_flax_layout(leaf: str, value: np.ndarray) -> np.ndarray:
   if leaf == "kernel" and value.ndim == 4:
     return value.transpose(2, 3, 1, 0)
-  if leaf == "kernel" and value.ndim == 3 and value.shape[-1] == 1 and target_ndim == 2:
+  if leaf == "kernel" and value.ndim == 3:
     return value[:, :, 0].T
   if leaf == "kernel" and value.ndim == 2:
     return value.T
@@ -61,44 +84,80 @@ def load_state_dict_npz(path, prefix: str = "param/") -> dict[str, np.ndarray]:
     return {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
 
 
-def from_torch(state_dict: Mapping[str, np.ndarray], target: Any) -> dict:
+class StateDictMismatch(ValueError):
+  """A state_dict that does not fit the model: every missing key, every key
+  that matches no parameter, and every shape that differs (PyTorch layout)."""
+
+  def __init__(self, missing, unused, shapes, what: str = "the model"):
+    self.missing, self.unused, self.shapes = sorted(missing), sorted(unused), sorted(shapes)
+    parts = []
+    if self.missing:
+      parts.append(f"{len(self.missing)} keys missing ({_some(self.missing)})")
+    if self.unused:
+      parts.append(f"{len(self.unused)} keys match no parameter ({_some(self.unused)})")
+    if self.shapes:
+      shown = [f"{k} is {tuple(got)}, not {tuple(want)}" for k, got, want in self.shapes]
+      parts.append(f"{len(self.shapes)} shapes differ ({_some(shown)})")
+    super().__init__(f"the state_dict does not fit {what}: {'; '.join(parts)}")
+
+  def lines(self) -> list[str]:
+    """One line per problem, all of them."""
+    return ([f"missing: {k}" for k in self.missing] +
+            [f"unused: {k}" for k in self.unused] +
+            [f"shape: {k} is {tuple(got)}; the model needs {tuple(want)}"
+             for k, got, want in self.shapes])
+
+
+def _some(names, shown: int = 4) -> str:
+  more = f", and {len(names) - shown} more" if len(names) > shown else ""
+  return ", ".join(str(n) for n in names[:shown]) + more
+
+
+def expected_keys(target: Any) -> dict[str, tuple[int, ...]]:
+  """PyTorch key -> PyTorch shape of every parameter of `target` (Flax params
+  or their `jax.eval_shape`): the state_dict that `from_torch` takes."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(target))
+  return {torch_key(path): torch_shape(path, tuple(spec.shape)) for path, spec in flat.items()}
+
+
+def from_torch(state_dict: Mapping[str, np.ndarray], target: Any, what: str = "the model") -> dict:
   """Flax params shaped like `target` filled from a PyTorch state_dict.
 
   Args:
-    state_dict: key -> array (numpy, float), PyTorch layout.
+    state_dict: key -> array (numpy, any float dtype), PyTorch layout.
     target: the Flax params (or their `jax.eval_shape`) to fill.
+    what: names the model in the error.
 
   Returns:
     A params dict with the structure of `target` (numpy float32 arrays).
 
   Raises:
-    ValueError: naming the first missing key, shape mismatch or unused key.
+    StateDictMismatch: naming every missing key, unused key and shape mismatch.
   """
-  return _filled(state_dict, target, torch_key,
-                 lambda path, value, spec: _to_flax_layout(path[-1], value, len(spec.shape)))
+  return _filled(state_dict, target, torch_key, torch_shape,
+                 lambda path, value: _to_flax_layout(path[-1], value), what)
 
 
-def from_torch_verbatim(state_dict: Mapping[str, np.ndarray], target: Any) -> dict:
+def from_torch_verbatim(state_dict: Mapping[str, np.ndarray], target: Any,
+                        what: str = "the model") -> dict:
   """As `from_torch`, for modules that keep PyTorch's names and layouts (the
   noised CLIP, `models/clip.py`): the key is the path joined by "."."""
-  return _filled(state_dict, target, ".".join, lambda path, value, spec: value)
+  return _filled(state_dict, target, ".".join, lambda path, shape: tuple(shape),
+                 lambda path, value: value, what)
 
 
-def _filled(state_dict, target, key_of, layout) -> dict:
+def _filled(state_dict, target, key_of, shape_of, layout, what) -> dict:
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(target))
-  out, used = {}, set()
-  for path, spec in flat.items():
-    key = key_of(path)
-    if key not in state_dict:
-      raise ValueError(f"the state_dict has no {key!r} (for {'/'.join(path)})")
-    value = layout(path, np.asarray(state_dict[key], np.float32), spec)
-    if value.shape != tuple(spec.shape):
-      raise ValueError(f"{key!r} has shape {value.shape} in our layout but "
-                       f"{'/'.join(path)} expects {tuple(spec.shape)}")
-    out[path] = value
-    used.add(key)
-  unused = sorted(set(state_dict) - used)
-  if unused:
-    raise ValueError(f"{len(unused)} state_dict entries match no parameter, "
-                     f"e.g. {unused[:3]}: is the architecture configured the same?")
-  return flax.traverse_util.unflatten_dict(out)
+  keys = {key_of(path): path for path in flat}
+  missing = [k for k in keys if k not in state_dict]
+  unused = [k for k in state_dict if k not in keys]
+  shapes = []
+  for key, path in keys.items():
+    want = shape_of(path, tuple(flat[path].shape))
+    if key in state_dict and tuple(np.shape(state_dict[key])) != want:
+      shapes.append((key, tuple(np.shape(state_dict[key])), want))
+  if missing or unused or shapes:
+    raise StateDictMismatch(missing, unused, shapes, what)
+  return flax.traverse_util.unflatten_dict(
+      {path: layout(path, np.asarray(state_dict[key], np.float32))
+       for key, path in keys.items()})
