@@ -57,8 +57,12 @@ def test_export_mode_writes_the_weights_sample_ema_rate_names(tmp_path, trained_
     diffusion_jax.load(tmp_path, ema_rate=0.995)
 
 
-def test_sample_mode_samples_the_weights_sample_ema_rate_names(tmp_path, trained_workdir):
-  result = run_cli("--mode=sample", QUICK, *TRAINED_FLAGS, f"--workdir={trained_workdir}",
+@pytest.mark.parametrize("config", ["given", "saved"])
+def test_sample_mode_samples_the_weights_sample_ema_rate_names(tmp_path, trained_workdir,
+                                                                config):
+  """With --config, or without it: the run's own saved config, overridden."""
+  args = (QUICK, *TRAINED_FLAGS) if config == "given" else ()
+  result = run_cli("--mode=sample", *args, f"--workdir={trained_workdir}",
                    "--config.sample.ema_rate=0.9", "--config.sample.labels=0,5",
                    "--config.sample.per_class=3", f"--config.sample.output={tmp_path}/grid")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -72,6 +76,12 @@ def test_sample_mode_samples_the_weights_sample_ema_rate_names(tmp_path, trained
     return np.round((images + 1) * 127.5).astype(int).reshape(got.shape)
   assert np.abs(got - in_process(0.9)).max() <= 1  # float rounding between programs
   assert np.abs(got - in_process(0.995)).max() > 10
+
+
+def test_without_config_a_folder_that_holds_no_model_is_one_line(tmp_path):
+  result = run_cli("--mode=sample", f"--workdir={tmp_path}", "--config.sample.per_class=2")
+  assert result.returncode == 2
+  assert "is neither an export" in error_line(result) and "give --config" in error_line(result)
 
 
 def test_export_and_load_sample_the_same(tmp_path, trained_workdir, monkeypatch):

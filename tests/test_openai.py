@@ -274,7 +274,8 @@ def test_missing_torch_names_the_install_line(parity_checkpoints, tmp_path):
 
 def test_converted_glide_samples_with_clip_guidance_and_its_recipe(parity_checkpoints):
   """GLIDE's recipes: the base samples at CFG 3 over 100 ancestral steps,
-  and the converted noised CLIP guides it (the parity models: 16x16)."""
+  and the converted noised CLIP guides it (the parity models: 16x16); over
+  all 8 devices, the samples are the one-device ones."""
   from diffusion_jax.openai import converter
   sources, data = parity_checkpoints["glide_base"]
   base = converter.convert(sources, "base", parity_flags("glide_base", data))
@@ -288,6 +289,10 @@ def test_converted_glide_samples_with_clip_guidance_and_its_recipe(parity_checkp
                        clip_scale=30.0)
   assert plain.shape == guided.shape == (2, 16, 16, 3)
   assert np.abs(plain - guided).max() > 1e-3  # the guide moved the samples
+  sharded = base.on_devices().sample(prompts=prompts, steps="4", guidance_scale=1.0)
+  assert base.sampler.mesh.devices.size == jax.device_count() == 8
+  # The same draws: only float rounding differs (another batch per device).
+  np.testing.assert_allclose(sharded, plain, atol=1e-2)
 
 
 def test_recipes_are_the_published_ones():
@@ -299,6 +304,7 @@ def test_recipes_are_the_published_ones():
           "256x256_diffusion", "256x256_diffusion_uncond", "512x512_diffusion")] == [
               1.0, 0.5, 1.0, 10.0, 4.0]
   assert sample("base-inpaint").guidance_scale == 5.0
+  assert (sample("base").guidance_scale, sample("base").clip_scale) == (3.0, 3.0)
   up = sample("upsample")
   assert (up.method, up.steps, up.temperature) == ("ddim", "fast27", 0.997)
   config_lib.check(released.config_of("clip", released.flags_of("clip"))[0])

@@ -261,12 +261,14 @@ def cascade(base, upsampler, seed: int = 0, upsample_settings: Optional[dict] = 
             **kwargs) -> tuple[np.ndarray, np.ndarray]:
   """base -> upsampler in one call: (base samples [B, s, s, C], upsampled
   [B, S, S, C]). `kwargs` go to the base model (prompts, labels, settings);
-  the upsampler gets the same prompts and `upsample_settings`."""
+  the upsampler gets the same prompts or labels (where it takes them: ADM's
+  upsamplers are class-conditional) and `upsample_settings`."""
   if base.info.image_size != upsampler.spec.low_res_size:
     raise ValueError(f"the upsampler takes {upsampler.spec.low_res_size}x"
                      f"{upsampler.spec.low_res_size} images but the base model draws "
                      f"{base.info.image_size}x{base.info.image_size}")
   small = base.sample(seed=seed, **kwargs)
-  text = {"prompts": kwargs["prompts"]} if "prompts" in kwargs else {}
-  large = upsample(upsampler, small, seed=seed, **text, **(upsample_settings or {}))
+  takes = {c.arg for c in upsampler.spec.conditioning}
+  shared = {k: kwargs[k] for k in ("prompts", "labels") if k in kwargs and k in takes}
+  large = upsample(upsampler, small, seed=seed, **shared, **(upsample_settings or {}))
   return small, large

@@ -102,6 +102,16 @@ class Bundle:
   def schedule(self):
     return self.spec.schedule
 
+  def on_devices(self, mesh=None) -> Bundle:
+    """Samples from here on sharded over `mesh` (default: every device of
+    every process, data parallel): each batch is split over the devices,
+    padded to a multiple of their count, and gathered. Returns self."""
+    from diffusion_jax import parallel
+    mesh = mesh if mesh is not None else parallel.make_mesh(-1, 1)
+    self.sampler = Sampler(self.spec, mesh)
+    self.params = parallel.replicate(self.params, mesh)
+    return self
+
   def __repr__(self) -> str:
     return (f"Bundle({self.spec.describe()}, step {self.step}, "
             f"{'raw weights' if self.ema_rate == RAW else f'EMA {self.ema_rate:g}'})")

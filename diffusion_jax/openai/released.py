@@ -111,7 +111,8 @@ def _adm_sample(scale: float) -> tuple:
   return (("method", "ddpm"), ("steps", "250"), ("classifier_scale", scale))
 
 
-_GLIDE_BASE = (("method", "ddpm"), ("steps", "100"))
+# The CLIP-guided notebook: no CFG (guidance_scale=1), the CLIP at scale 3.
+_GLIDE_BASE = (("method", "ddpm"), ("steps", "100"), ("clip_scale", 3.0))
 _GLIDE_UPSAMPLE = (("method", "ddim"), ("steps", "fast27"), ("eta", 0.0),
                    ("temperature", 0.997), ("guidance_scale", 1.0))
 
