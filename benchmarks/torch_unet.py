@@ -8,9 +8,10 @@ mean). Module names give the state_dict keys of guided-diffusion's
 `UNetModel` (`input_blocks.1.0.in_layers.2.weight`, attention `qkv` as a
 1x1 Conv1d), so `diffusion_jax.models.convert.from_torch` maps its weights
 onto the Flax UNet; `tests/test_torch_twin.py` checks that both compute the
-same function. Only the options the benchmark uses are implemented:
-scale-shift norm, ResBlock up/down, legacy (head-major) qkv order, no
-classes, no dropout.
+same function. Only the options the benchmarks use are implemented:
+scale-shift norm, ResBlock up/down, legacy (head-major) qkv order, optional
+class labels (`label_emb`, added to the timestep embedding; the sampling
+benchmark's CFG), no dropout.
 """
 from __future__ import annotations
 
@@ -107,19 +108,23 @@ class Blocks(nn.Sequential):
 
 
 class UNet(nn.Module):
-  """The ADM UNet of `diffusion_jax.models.UNet` (no classes), NCHW in and out."""
+  """The ADM UNet of `diffusion_jax.models.UNet`, NCHW in and out; with
+  `num_classes`, class-conditional (a table of that many rows)."""
 
   def __init__(self, in_channels: int = 3, model_channels: int = 64,
                out_channels: int = 6, num_res_blocks: int = 2,
                attention_resolutions: Sequence[int] = (16, 8),
                channel_mult: Sequence[int] = (1, 2, 2), num_heads: int = 4,
-               image_size: int = 32):
+               image_size: int = 32, num_classes: int | None = None,
+               num_head_channels: int = -1):
     super().__init__()
     self.model_channels = model_channels
     emb = 4 * model_channels
     self.time_embed = nn.Sequential(nn.Linear(model_channels, emb), nn.SiLU(),
                                     nn.Linear(emb, emb))
-    attend = lambda ch, res: ([AttentionBlock(ch, num_heads)]  # noqa: E731
+    self.label_emb = nn.Embedding(num_classes, emb) if num_classes else None
+    heads = lambda ch: ch // num_head_channels if num_head_channels > 0 else num_heads  # noqa: E731
+    attend = lambda ch, res: ([AttentionBlock(ch, heads(ch))]  # noqa: E731
                               if res in attention_resolutions else [])
     ch, res = model_channels * channel_mult[0], image_size
     self.input_blocks = nn.ModuleList([Blocks(conv3x3(in_channels, ch))])
@@ -134,7 +139,7 @@ class UNet(nn.Module):
         self.input_blocks.append(Blocks(ResBlock(ch, ch, emb, down=True)))
         skips.append(ch)
         res //= 2
-    self.middle_block = Blocks(ResBlock(ch, ch, emb), AttentionBlock(ch, num_heads),
+    self.middle_block = Blocks(ResBlock(ch, ch, emb), AttentionBlock(ch, heads(ch)),
                                ResBlock(ch, ch, emb))
     self.output_blocks = nn.ModuleList()
     for level, mult in reversed(list(enumerate(channel_mult))):
@@ -149,8 +154,10 @@ class UNet(nn.Module):
     self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(),
                              zeroed(conv3x3(ch, out_channels)))
 
-  def forward(self, x, t):  # x: [B, C, H, W], t: [B] -> [B, out_channels, H, W]
+  def forward(self, x, t, y=None):  # x: [B, C, H, W], t, y: [B] -> [B, out, H, W]
     emb = self.time_embed(timestep_embedding(t, self.model_channels))
+    if self.label_emb is not None:
+      emb = emb + self.label_emb(y)
     h, skips = x, []
     for block in self.input_blocks:
       h = block(h, emb)

@@ -46,11 +46,13 @@ OPTIM = dict(lr=1e-4, weight_decay=0.01, clip=1.0)
 NUM_TIMESTEPS = 1000
 
 
-def jax_unet() -> UNet:
-  """The benchmark's UNet in Flax: attention from pixels to downsampling factors."""
-  kwargs = {k: v for k, v in MODEL.items() if k != "attention_resolutions"}
-  return UNet(attention_ds=attention_ds_of(MODEL["attention_resolutions"], IMAGE[0],
-                                           len(MODEL["channel_mult"])), **kwargs)
+def jax_unet(model: dict | None = None, image_size: int = IMAGE[0]) -> UNet:
+  """The benchmark's UNet (or `model`'s fields) in Flax: attention from pixels
+  to downsampling factors."""
+  model = MODEL if model is None else model
+  kwargs = {k: v for k, v in model.items() if k != "attention_resolutions"}
+  return UNet(attention_ds=attention_ds_of(model["attention_resolutions"], image_size,
+                                           len(model["channel_mult"])), **kwargs)
 
 
 
@@ -89,10 +91,13 @@ def make_jax_step(model: UNet, sched: schedules.Schedule,
 
 # ------------------------------------------------------------------- FLOPs --
 
-def forward_flops_per_image() -> int:
+def forward_flops_per_image(model: dict | None = None, image: tuple | None = None) -> int:
   """Matmul FLOPs (2 per multiply-add) of one image's forward pass, counted
-  from the architecture: convolutions, dense layers, attention's q k^T and
-  weights v. Norms, activations and the loss are not counted."""
+  from the architecture (`MODEL` and `IMAGE` unless given): convolutions,
+  dense layers, attention's q k^T and weights v. Norms, activations and the
+  loss are not counted."""
+  MODEL = globals()["MODEL"] if model is None else model  # noqa: N806
+  IMAGE = globals()["IMAGE"] if image is None else image  # noqa: N806
   mc, emb, size = MODEL["model_channels"], 4 * MODEL["model_channels"], IMAGE[0]
   conv = lambda hw, cin, cout, k=3: 2 * hw * hw * cin * cout * k * k  # noqa: E731
 

@@ -50,6 +50,27 @@ def test_same_parameters_and_outputs(twins):
   np.testing.assert_allclose(out, expected, atol=1e-4 * np.abs(expected).max(), rtol=1e-4)
 
 
+def test_class_labels_too():
+  """The class-conditional twin (the sampling benchmark's CFG model): its
+  `label_emb` loads as ours, and the labels change the output the same way."""
+  torch.manual_seed(1)
+  small = dict(train_speed.MODEL, model_channels=32, attention_resolutions=(8,))
+  net = torch_unet.UNet(in_channels=3, image_size=16, num_classes=5, **small)
+  with torch.no_grad():
+    for p in net.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  model = train_speed.jax_unet(dict(small, num_classes=5), image_size=16)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
+                          jnp.zeros(1, jnp.int32), y=jnp.zeros(1, jnp.int32))["params"]
+  params = convert.from_torch({k: v.numpy() for k, v in net.state_dict().items()}, shapes)
+  x = np.random.RandomState(0).randn(2, 16, 16, 3).astype(np.float32)
+  t, y = np.array([5, 900]), np.array([0, 4])
+  out = np.asarray(model.apply({"params": params}, x, t, y=y))
+  with torch.no_grad():
+    expected = net(nchw(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
+  np.testing.assert_allclose(out, expected.transpose(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
+
+
 def test_same_parameter_gradients(twins):
   """Backward passes agree too (our GroupNorm has a hand-written gradient):
   each parameter's gradient of a random projection of the output."""
