@@ -8,7 +8,9 @@ legacy one on both: the order changes no cost).
 
 Sides, each in its own process:
 - jax: the jitted step with donation (`train_speed.make_jax_step`); bf16
-  compute with float32 master weights for `--precision bf16`;
+  compute with float32 master weights for `--precision bf16`; attention
+  ours or `jax.nn.dot_product_attention` (`--jax_attention cudnn`: the
+  fused GPU kernel);
 - torch: the twin, eager; torch_compile: `torch.compile` on the network.
   Both channels-last on a GPU, bf16 by autocast of the forward pass (the
   loss in float32) for `--precision bf16`.
@@ -54,7 +56,7 @@ def model_of(name):
   return image, (train_speed.MODEL if model is None else model)
 
 
-def jax_step(name, batch, precision, tf32):
+def jax_step(name, batch, precision, tf32, attention=""):
   import jax
   import jax.numpy as jnp
 
@@ -63,7 +65,7 @@ def jax_step(name, batch, precision, tf32):
   jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
   image, model_fields = model_of(name)
   net = train_speed.jax_unet(model_fields, image[0]).clone(
-      dtype=jnp.bfloat16 if precision == "bf16" else jnp.float32)
+      dtype=jnp.bfloat16 if precision == "bf16" else jnp.float32, attention_impl=attention)
 
   class Float32Out:  # the loss in float32 whatever the compute dtype
     @staticmethod
@@ -139,7 +141,8 @@ def torch_step(name, batch, precision, tf32, compiled):
 def child(args) -> dict:
   tf32 = args.tf32 == "on"
   if args.side == "jax":
-    run, facts = jax_step(args.model, args.batch, args.precision_one, tf32)
+    run, facts = jax_step(args.model, args.batch, args.precision_one, tf32, args.jax_attention)
+    facts["attention"] = args.jax_attention or "ours"
   else:
     run, facts = torch_step(args.model, args.batch, args.precision_one, tf32,
                             args.side == "torch_compile")
@@ -174,6 +177,8 @@ def main():
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--tf32", default="off", choices=["on", "off"])
+  parser.add_argument("--jax_attention", default="", choices=["", "xla", "cudnn"],
+                      help="the JAX side's attention (model.attention_impl)")
   parser.add_argument("--out", default="")
   parser.add_argument("--side", help=argparse.SUPPRESS)
   parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -194,7 +199,8 @@ def main():
       for side in args.sides.split(","):
         cmd = [sys.executable, os.path.abspath(__file__), f"--side={side}",
                f"--model={model}", f"--precision_one={precision}", f"--batch={args.batch}",
-               f"--steps={args.steps}", f"--tf32={args.tf32}"]
+               f"--steps={args.steps}", f"--tf32={args.tf32}",
+               f"--jax_attention={args.jax_attention}"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
           row[side] = {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}

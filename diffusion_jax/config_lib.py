@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
   # guided-diffusion's QKVAttentionLegacy and GLIDE) or "new" (q, k, v first:
   # guided-diffusion's QKVAttention, its 64x64 model's order).
   c.model.attention_order = "legacy"
+  # The attention kernel: "" ours; "xla" or "cudnn" jax.nn.dot_product_attention
+  # (cudnn: NVIDIA's fused kernel, bfloat16 compute only). The same function.
+  c.model.attention_impl = ""
   # GLIDE's text model (captions, GPT-2 BPE): text_ctx > 0 makes a
   # text-to-image UNet; train.label_dropout then drops captions (CFG).
   c.model.text_ctx = 0
@@ -352,6 +355,7 @@ _CHOICES = {
     "task": ("diffusion", "classifier", "evaluator", "clip"),
     "model.dtype": ("float32", "bfloat16"),
     "model.attention_order": ("legacy", "new"),
+    "model.attention_impl": ("", "xla", "cudnn"),
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.parameterization": ("eps", "x0", "v"),
     "diffusion.variance": ("fixed_small", "fixed_large", "learned_range", "learned"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import reference_inputs
-from diffusion_jax.models import NoisyClassifier, UNet, convert
+from diffusion_jax.models import NoisyClassifier, UNet, convert, layers
 from diffusion_jax.models.text import TextSpec
 
 # The reference configs (see each .npz's `config`); attention at
@@ -186,6 +186,23 @@ def test_dropout_remat_and_bf16(tiny_unet_and_params):
   half = apply(model.clone(dtype=jnp.bfloat16))
   assert half.dtype == jnp.float32
   np.testing.assert_allclose(half, ref, atol=0.05 * float(jnp.abs(ref).max()))
+  # jax.nn.dot_product_attention computes our attention (its "cudnn" kernel,
+  # the GPU's, is the same call; the CPU has only "xla").
+  np.testing.assert_allclose(apply(model.clone(attention_impl="xla")), ref, atol=1e-5)
+
+
+def test_attention_implementations_agree_with_a_text_sequence():
+  """GLIDE's case: the text's keys and values prepended, Lk != Lq."""
+  rng = np.random.RandomState(0)
+  q = jnp.asarray(rng.randn(2, 16, 4, 8), jnp.float32)
+  k, v = (jnp.asarray(rng.randn(2, 21, 4, 8), jnp.float32) for _ in range(2))
+  ours = layers.dot_product_attention(q, k, v)
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  expected = np.einsum("bhqk,bkhd->bqhd", weights, v)  # the formula, in numpy
+  np.testing.assert_allclose(ours, expected, atol=1e-5)
+  np.testing.assert_allclose(layers.dot_product_attention(q, k, v, "xla"), expected, atol=1e-5)
 
 
 def test_bad_image_size_and_labels_raise():

@@ -255,6 +255,10 @@ def test_bad_checkpoints_get_one_line_and_no_export(parity_checkpoints, tmp_path
   assert result.returncode == 2, result.stderr[-2000:]
   assert re.search(says, error_line(result)), error_line(result)
   assert not output.exists() and not (tmp_path / "ran").exists()
+  if case == "another kind":  # the log names every difference, one a line
+    counts = re.search(r"(\d+) keys missing .* (\d+) keys match no", error_line(result))
+    assert result.stderr.count("missing: ") == int(counts.group(1))
+    assert result.stderr.count("unused: ") == int(counts.group(2))
 
 
 def test_missing_torch_names_the_install_line(parity_checkpoints, tmp_path):

@@ -30,6 +30,7 @@ def _common(model_config, image_size: int) -> dict:
       use_scale_shift_norm=model_config.use_scale_shift_norm,
       resblock_updown=model_config.resblock_updown,
       legacy_attention_order=model_config.get("attention_order", "legacy") == "legacy",
+      attention_impl=model_config.get("attention_impl", ""),
       num_groups=model_config.num_groups,
       remat=model_config.remat,
       dtype=_DTYPES[model_config.dtype],

@@ -41,6 +41,7 @@ class UNetSpec(nn.Module):
   resblock_updown: bool = True
   conv_resample: bool = True
   legacy_attention_order: bool = True
+  attention_impl: str = ""  # layers.ATTENTION_IMPLS: "" ours, "xla", "cudnn"
   num_groups: int = 32
   remat: bool = False
   dtype: Dtype = jnp.float32
@@ -68,7 +69,8 @@ class UNetSpec(nn.Module):
 
   def attention(self, name, channels):
     return layers.AttentionBlock(self.heads(channels), self.legacy_attention_order,
-                                 self.num_groups, self.dtype, self.param_dtype, name=name)
+                                 self.num_groups, self.dtype, self.param_dtype,
+                                 self.attention_impl, name=name)
 
   def time_embedding(self, t):
     """[B] original timesteps -> [B, 4 * model_channels]."""
