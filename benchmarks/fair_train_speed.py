@@ -4,7 +4,10 @@ Models (`MODELS`): "fixed" (train_speed.py's 32x32 benchmark UNet),
 "adm64_reduced" (ADM ImageNet-64's architecture at 64 channels, the CPU
 size) and "adm64" (configs/imagenet64_adm.py's network: 192 channels,
 296M parameters; dropout left out on both sides, the qkv order is the
-legacy one on both: the order changes no cost).
+legacy one on both: the order changes no cost); and "glide_base", GLIDE's
+385M-parameter text-to-image model, JAX only (the twin has no text
+transformer): our real train step (`training/tasks.py`) on 128-token
+captions, its FLOPs from XLA's cost analysis.
 
 Sides, each in its own process:
 - jax: the jitted step with donation (`train_speed.make_jax_step`); bf16
@@ -26,6 +29,7 @@ the precision (`PEAKS`; on a CPU its measured float32 matmul throughput).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -54,6 +58,38 @@ def model_of(name):
   import train_speed
   image, model = MODELS[name]
   return image, (train_speed.MODEL if model is None else model)
+
+
+def glide_step(batch, precision, tf32, attention=""):
+  """Our train step of GLIDE's base model (the library's own, not the
+  benchmark's): (run, facts, train FLOPs a step)."""
+  import jax
+  import jax.numpy as jnp
+  from scaling_model import forward_flops
+
+  from diffusion_jax import parallel
+  from diffusion_jax.openai import released
+  from diffusion_jax.training import loop, tasks
+  jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
+  config, info = released.config_of("base", released.flags_of("base"))
+  config.model.dtype = "bfloat16" if precision == "bf16" else "float32"
+  config.model.attention_impl = attention
+  task = tasks.make_task(config, info)
+  mesh = parallel.make_mesh(1, 1)
+  start = time.perf_counter()
+  state, shardings = task.create_state(mesh, 0)
+  step = loop.compile_step(task, mesh, shardings)
+  batch_arrays = {"image": jnp.zeros((batch, 64, 64, 3), jnp.float32),
+                  "tokens": jnp.ones((batch, config.model.text_ctx), jnp.int32),
+                  "mask": jnp.ones((batch, config.model.text_ctx), bool)}
+  holder = {"state": state}
+
+  def run():
+    holder["state"], metrics = step(holder["state"], batch_arrays)
+    return float(metrics["loss"])
+  flops = 3 * forward_flops(task.spec) * batch
+  return run, {"setup_s": round(time.perf_counter() - start, 1), "jax": jax.__version__,
+               "device": jax.devices()[0].device_kind, "train_flops_per_step": flops}
 
 
 def jax_step(name, batch, precision, tf32, attention=""):
@@ -140,7 +176,9 @@ def torch_step(name, batch, precision, tf32, compiled):
 
 def child(args) -> dict:
   tf32 = args.tf32 == "on"
-  if args.side == "jax":
+  if args.side == "jax" and args.model == "glide_base":
+    run, facts = glide_step(args.batch, args.precision_one, tf32, args.jax_attention)
+  elif args.side == "jax":
     run, facts = jax_step(args.model, args.batch, args.precision_one, tf32, args.jax_attention)
     facts["attention"] = args.jax_attention or "ours"
   else:
@@ -158,7 +196,9 @@ def child(args) -> dict:
   return {**facts, "step_s": statistics.median(times), "times": [round(t, 4) for t in times]}
 
 
+@functools.cache
 def peak(device: str, precision: str, tf32: bool):
+  """(peak FLOP/s, where the figure comes from); a CPU's is measured once a run."""
   key = "bf16" if precision == "bf16" else ("tf32" if tf32 else "f32")
   for name, table in PEAKS.items():
     if name in device:
@@ -191,12 +231,15 @@ def main():
   from common import environment
   rows = []
   for model in args.models.split(","):
-    image, fields = model_of(model)
-    flops = 3 * train_speed.forward_flops_per_image(fields, image) * args.batch
+    flops = None
+    if model != "glide_base":  # its FLOPs come from the run (XLA's count)
+      image, fields = model_of(model)
+      flops = 3 * train_speed.forward_flops_per_image(fields, image) * args.batch
     for precision in args.precision.split(","):
       row = {"model": model, "precision": precision, "batch": args.batch,
              "train_flops_per_step": flops}
-      for side in args.sides.split(","):
+      sides = ["jax"] if model == "glide_base" else args.sides.split(",")
+      for side in sides:
         cmd = [sys.executable, os.path.abspath(__file__), f"--side={side}",
                f"--model={model}", f"--precision_one={precision}", f"--batch={args.batch}",
                f"--steps={args.steps}", f"--tf32={args.tf32}",
@@ -206,10 +249,11 @@ def main():
           row[side] = {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
         else:
           result = json.loads(done.stdout.strip().splitlines()[-1])
+          flops = row["train_flops_per_step"] = result.pop("train_flops_per_step", flops)
           top, basis = peak(result["device"], precision, args.tf32 == "on")
           result["images_per_s"] = round(args.batch / result["step_s"], 2)
           result["mfu"] = None if top is None else round(flops / result["step_s"] / top, 4)
-          result["peak_basis"] = basis
+          result["peak_basis"], result["peak_flops"] = basis, top
           row[side] = result
         print(json.dumps({model: {side: row[side]}}), file=sys.stderr, flush=True)
       torch_times = [row[s]["step_s"] for s in ("torch", "torch_compile")

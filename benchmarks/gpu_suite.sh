@@ -22,14 +22,16 @@ part() {  # NAME SECONDS COMMAND...
 }
 # 1. The train step at each side's best: ADM-64 in bf16 and float32 (TF32 on
 #    both sides), JAX against the twin eager and compiled.
-part train_adm64_bf16 140 python benchmarks/fair_train_speed.py --models adm64 \
+part train_adm64_bf16 120 python benchmarks/fair_train_speed.py --models adm64 \
   --precision bf16 --batch 64 --steps 5 --tf32 on
 part train_adm64_bf16_cudnn 70 python benchmarks/fair_train_speed.py --models adm64 \
   --precision bf16 --batch 64 --steps 5 --tf32 on --sides jax --jax_attention cudnn
 part train_adm64_tf32 90 python benchmarks/fair_train_speed.py --models adm64 \
   --precision f32 --batch 32 --steps 5 --tf32 on --sides jax,torch
+part train_glide_bf16 60 python benchmarks/fair_train_speed.py --models glide_base \
+  --precision bf16 --batch 32 --steps 5 --tf32 on
 # 2. Sampling throughput: 100 DDPM steps with CFG at batch 64 and 256.
-part sampling 100 python benchmarks/sampling_throughput.py --batches 64,256 --device cuda
+part sampling 90 python benchmarks/sampling_throughput.py --batches 64,256 --device cuda
 # 3. The released models: a call's time and memory at full size.
-part openai_models 60 python benchmarks/openai_models.py --kinds 64x64_diffusion,base,upsample
+part openai_models 50 python benchmarks/openai_models.py --kinds 64x64_diffusion,base,upsample
 echo "done: $out"
