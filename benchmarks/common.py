@@ -29,6 +29,16 @@ def environment() -> dict:
   }
 
 
+def emit(report: dict, out: str = "") -> None:
+  """Prints the report as JSON, and writes it to `out` when given."""
+  import json
+  import pathlib
+  text = json.dumps(report, indent=2)
+  print(text)
+  if out:
+    pathlib.Path(out).write_text(text + "\n")
+
+
 def best_of(fn, repeats: int) -> float:
   """The fastest of `repeats` timed calls of fn(), in seconds (fn must block)."""
   times = []

@@ -228,7 +228,7 @@ def main():
     print(json.dumps(child(args)))
     return
   import train_speed
-  from common import environment
+  from common import emit, environment
   rows = []
   for model in args.models.split(","):
     flops = None
@@ -263,10 +263,7 @@ def main():
       rows.append(row)
   report = {"benchmark": "fair_train_speed", "environment": environment(),
             "tf32": args.tf32, "results": rows}
-  text = json.dumps(report, indent=2)
-  print(text)
-  if args.out:
-    pathlib.Path(args.out).write_text(text + "\n")
+  emit(report, args.out)
 
 
 if __name__ == "__main__":

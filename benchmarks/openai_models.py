@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import best_of, environment, markdown_table  # noqa: E402
+from common import best_of, emit, environment, markdown_table  # noqa: E402
 from diffusion_jax.inference.spec import make_spec  # noqa: E402
 from diffusion_jax.models import clip as clip_lib  # noqa: E402
 from diffusion_jax.openai import released  # noqa: E402
@@ -195,10 +195,7 @@ def main():
     results.append(result)
     print(json.dumps(result), file=sys.stderr, flush=True)
   report = {"benchmark": "openai_models", "environment": environment(), "results": results}
-  text = json.dumps(report, indent=2)
-  print(text)
-  if args.out:
-    pathlib.Path(args.out).write_text(text + "\n")
+  emit(report, args.out)
   rows = [[r["kind"], f"{r.get('params', 0) / 1e6:.0f}M", r.get("peak_rss_gib"),
            r.get("model_b1", {}).get("call_s"), r.get("model_b2", {}).get("call_s"),
            "; ".join(f"{x['recipe']}: {x['derived_s_per_sample']} s" for x in r.get("recipes", []))]

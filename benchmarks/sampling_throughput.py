@@ -163,7 +163,7 @@ def main():
   if args.child:
     print(json.dumps(child(args)))
     return
-  from common import environment
+  from common import emit, environment
   results = []
   for batch in (int(b) for b in args.batches.split(",")):
     row = {"batch": batch}
@@ -188,10 +188,7 @@ def main():
             "config": {"model": "train_speed.MODEL, 32x32, 10 classes + null",
                        "steps": args.steps, "method": "ddpm", "guidance_scale": SCALE,
                        "variance": "learned_range"}, "results": results}
-  text = json.dumps(report, indent=2)
-  print(text)
-  if args.out:
-    pathlib.Path(args.out).write_text(text + "\n")
+  emit(report, args.out)
 
 
 if __name__ == "__main__":
