@@ -241,13 +241,21 @@ def bad_inputs(parity, tmp_path):
           [f"--source={unet}", "--kind=64x64_diffusion",
            f"--flags={flags} --num_channels 64"],
           r"shapes differ \(input_blocks\.0\.0\.bias is \(32,\), not \(64,\)"),
-      "unknown kind": ([f"--source={unet}", "--kind=base-512"], r"unknown kind 'base-512'"),
-      "missing file": (["--source=nowhere.pt", "--kind=base"], r"nowhere\.pt: no such"),
   }
 
 
+def test_unknown_kinds_and_missing_files_are_named(parity_checkpoints):
+  from diffusion_jax.openai import converter
+  with pytest.raises(ValueError, match="unknown kind 'base-512'"):
+    converter.convert(parity_checkpoints["adm_unet"][0], "base-512")
+  with pytest.raises(FileNotFoundError, match=r"nowhere\.pt: no such"):
+    converter.convert("nowhere.pt", "base")
+  with pytest.raises(ValueError, match=r"a clip model is 2 file\(s\)"):
+    converter.convert(parity_checkpoints["adm_unet"][0], "clip")
+
+
 @pytest.mark.parametrize("case", ["runs code", "truncated", "another kind",
-                                  "flags that do not fit", "unknown kind", "missing file"])
+                                  "flags that do not fit"])
 def test_bad_checkpoints_get_one_line_and_no_export(parity_checkpoints, tmp_path, case):
   args, says = bad_inputs(parity_checkpoints, tmp_path)[case]
   output = tmp_path / "export"

@@ -43,11 +43,16 @@ def test_ring_traffic_per_device():
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh", [(8, 1), (2, 4)])
 def test_model_payloads_match_the_compiled_step(mesh):
-  """Data parallel: one all-reduce of exactly the gradients (and the step's
-  two scalar metrics). FSDP: two gathers of each sharded weight, and a
-  gradient reduction of P (1 + 1/fsdp), within 15% (XLA also gathers a few
+  """Data parallel (the quick config: it compiles fastest): one all-reduce
+  of exactly the gradients (and the step's two scalar metrics). FSDP (the
+  main job's config: the quick model's tiny kernels make XLA gather
+  activations instead): two gathers of each sharded weight, and a gradient
+  reduction of P (1 + 1/fsdp), within 15% (XLA also gathers a few
   activations, and XLA:CPU reduces with all-reduce and all-to-all)."""
   config, info = scaling_model.main_job_config()
+  if mesh == (8, 1):
+    from conftest import quick_config
+    config = quick_config()
   text, sizes = scaling_model.compiled_step_text(config, info, *mesh)
   got = scaling_model.measured_payload(scaling_model.hlo_collectives(text))
   want = scaling_model.predicted_payload(sizes["param_bytes"], sizes["sharded_param_bytes"],
