@@ -232,10 +232,10 @@ def _with_saved_config(argv):
   mode, workdir = _flag_value(argv, "mode"), _flag_value(argv, "workdir")
   if mode not in _SAVED_CONFIG_MODES or not workdir or _flag_value(argv, "config"):
     return argv
-  from diffusion_jax.inference import saved_config
+  from diffusion_jax.inference import loading, saved_config
   try:
-    saved_config.get_config(workdir)
-  except (ValueError, FileNotFoundError) as e:
+    loading.check_model_folder(workdir)  # read once, by config_flags below
+  except FileNotFoundError as e:
     fail(f"{str(e).splitlines()[0]}; or give --config")
   return [argv[0], f"--config={saved_config.__file__}:{workdir}"] + list(argv[1:])
 

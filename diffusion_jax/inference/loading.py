@@ -250,20 +250,30 @@ def _on_base(saved: dict) -> ml_collections.ConfigDict:
   return config
 
 
+def check_model_folder(path: str | pathlib.Path) -> pathlib.Path:
+  """`path` if it is an export folder or a training workdir, without reading it.
+
+  Raises:
+    FileNotFoundError: it is neither.
+  """
+  path = pathlib.Path(path)
+  if not (path / CONFIG_FILE).exists() and not (path / "checkpoints").is_dir():
+    raise FileNotFoundError(f"{path} is neither an export ({PARAMS_FILE}, {CONFIG_FILE}) "
+                            "nor a training workdir (checkpoints/): give --config")
+  return path
+
+
 def saved_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   """The config an export folder or a training workdir was saved with
   (`--mode=sample` and friends use it when no --config is given)."""
-  path = pathlib.Path(path)
+  path = check_model_folder(path)
   if (path / CONFIG_FILE).exists():
     return _on_base(_read_json(path / CONFIG_FILE))
-  if (path / "checkpoints").is_dir():
-    checkpointer = ckpt_lib.Checkpointer(str(path / "checkpoints"), read_only=True)
-    try:
-      return _on_base(checkpointer.restore_json()[0])
-    finally:
-      checkpointer.close()
-  raise FileNotFoundError(f"{path} is neither an export ({PARAMS_FILE}, {CONFIG_FILE}) "
-                          "nor a training workdir (checkpoints/): give --config")
+  checkpointer = ckpt_lib.Checkpointer(str(path / "checkpoints"), read_only=True)
+  try:
+    return _on_base(checkpointer.restore_json()[0])
+  finally:
+    checkpointer.close()
 
 
 def _load_workdir(workdir: pathlib.Path, ema_rate: Optional[float]) -> Bundle:

@@ -245,22 +245,29 @@ def _schedule(name: str) -> str:
   return _SCHEDULES[name]
 
 
+def _network(c, channels, mult, blocks, attention, head_channels, scale_shift,
+             updown) -> None:
+  """The fields every reference network sets: the UNet's and the classifier's."""
+  c.model.channels = channels
+  c.model.channel_mult = mult
+  c.model.num_res_blocks = blocks
+  c.model.attention_resolutions = _ints(attention)
+  c.model.num_head_channels = head_channels
+  c.model.use_scale_shift_norm = scale_shift
+  c.model.resblock_updown = updown
+  c.model.num_groups = 32
+
+
 def _unet_fields(c, f, mult) -> None:
   """The UNet fields the guided-diffusion and GLIDE factories share."""
   if f["num_heads_upsample"] not in (-1, f["num_heads"]):
     raise ValueError("num_heads_upsample differs from num_heads: diffusion_jax's UNet "
                      "uses one head count in both halves")
-  c.model.channels = f["num_channels"]
-  c.model.channel_mult = mult
-  c.model.num_res_blocks = f["num_res_blocks"]
-  c.model.attention_resolutions = _ints(f["attention_resolutions"])
+  _network(c, f["num_channels"], mult, f["num_res_blocks"], f["attention_resolutions"],
+           f["num_head_channels"], f["use_scale_shift_norm"], f["resblock_updown"])
   c.model.num_heads = f["num_heads"]
-  c.model.num_head_channels = f["num_head_channels"]
   c.model.dropout = f["dropout"]
-  c.model.use_scale_shift_norm = f["use_scale_shift_norm"]
-  c.model.resblock_updown = f["resblock_updown"]
   c.model.attention_order = "new" if f.get("use_new_attention_order") else "legacy"
-  c.model.num_groups = 32
 
 
 def _diffusion_fields(c, f) -> None:
@@ -306,15 +313,11 @@ def _adm_classifier(c, f, name) -> DatasetInfo:
                      "classifier pools by attention (ADM's released classifiers do)")
   size = f["image_size"]
   c.task = "classifier"
-  c.model.channels = f["classifier_width"]
-  c.model.channel_mult = _mult(f["channel_mult"], size, _ADM_MULT)
-  c.model.num_res_blocks = f["classifier_depth"]
-  c.model.attention_resolutions = _ints(f["classifier_attention_resolutions"])
-  c.model.num_head_channels = f["num_head_channels"]
+  _network(c, f["classifier_width"], _mult(f["channel_mult"], size, _ADM_MULT),
+           f["classifier_depth"], f["classifier_attention_resolutions"],
+           f["num_head_channels"], f["classifier_use_scale_shift_norm"],
+           f["classifier_resblock_updown"])
   c.model.pool_head_channels = f["num_head_channels"]
-  c.model.use_scale_shift_norm = f["classifier_use_scale_shift_norm"]
-  c.model.resblock_updown = f["classifier_resblock_updown"]
-  c.model.num_groups = 32
   c.diffusion.schedule = _schedule(f["noise_schedule"])
   c.diffusion.num_timesteps = f["diffusion_steps"]
   c.data.name = "imagenet2012"
