@@ -303,7 +303,8 @@ def report(models, predictions, checks, one_device, args) -> str:
   lines = ["# Scaling model", "",
            "Made by `benchmarks/scaling_model.py`; edit the script, not this page. "
            "Figures on one line of a table come from one run "
-           f"(commit {environment()['commit']}).", "",
+           f"(commit {environment()['commit']}, {environment()['device']}, "
+           f"{args.elapsed_s:.0f} s in all).", "",
            "## The models", ""]
   lines += markdown_table(
       ["model", "parameters", "batch", "forward GFLOP / image", "train GFLOP / image",
@@ -379,6 +380,7 @@ def main():
   parser.add_argument("--doc", default=str(ROOT / "docs" / "scaling.md"))
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling_cpu.json"))
   args = parser.parse_args()
+  start = time.perf_counter()
   models = [describe_model(name, make) for name, make in MODELS.items()]
   predictions = []
   for model in models:
@@ -392,6 +394,7 @@ def main():
   result = {"benchmark": "scaling_model", "environment": environment(),
             "efficiency": args.efficiency, "overlap": not args.no_overlap, "models": models,
             "predictions": predictions, "hlo_check": checks, "one_device": one_device}
+  args.elapsed_s = time.perf_counter() - start
   pathlib.Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
   pathlib.Path(args.doc).write_text(report(models, predictions, checks, one_device, args))
   print(json.dumps({k: result[k] for k in ("environment", "models", "one_device")}, indent=2))
