@@ -13,9 +13,10 @@ setup(
     long_description=README.read_text() if README.exists() else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["diffusion_jax", "diffusion_jax.*"]),
-    # The shipped clean-image evaluators (safetensors + JSON, a few MB), and
+    # The shipped models (safetensors + JSON, 54 MB: docs/models.md) and
     # GLIDE's two BPE vocabularies (MIT, OpenAI: text/bpe/LICENSE).
     package_data={"diffusion_jax.evaluation": ["weights/*/*"],
+                  "diffusion_jax.pretrained": ["manifest.json", "*/*"],
                   "diffusion_jax.text": ["bpe/*"]},
     python_requires=">=3.10",
     # jax, flax and orbax move their APIs between minor versions: pinned to

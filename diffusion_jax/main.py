@@ -2,6 +2,12 @@
 
 `sample`, `export` and `eval` may leave out --config: they then take the
 config the model in WORKDIR was saved with, and `--config.x=y` overrides it.
+They read `--model` instead of WORKDIR where it is given: a shipped model's
+name (`diffusion_jax.list_models()`), an export or a workdir; the outputs
+then go to WORKDIR, by default runs/MODEL:
+
+    python -m diffusion_jax.main --mode=sample --model=shapes-text2im \
+        --config.sample.prompts="a red circle|a small blue square at the top"
 
 Modes:
   train: train the config's model in WORKDIR, resuming from its latest
@@ -61,6 +67,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file, e.g. configs/shapes_class_cond.py:quick.",
     lock_config=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Export folder (--mode=export, convert).")
+_MODEL = flags.DEFINE_string(
+    "model", None, "sample, eval, export: the model to read, where it is not --workdir: a "
+    "shipped model's name (shapes-text2im, ...), an export folder or a workdir.")
+_STORAGE = flags.DEFINE_enum("dtype", "float32", ["float32", "float16"],
+                             "export, convert: the stored weights' dtype (float16: half "
+                             "the bytes; read back as float32).")
 _SOURCE = flags.DEFINE_string("source", None, "--mode=convert: the released .pt file "
                               "(the CLIP: both files, comma-separated).")
 _KIND = flags.DEFINE_string("kind", None, "--mode=convert: the released model, by its "
@@ -100,21 +112,21 @@ def _run_train(config, workdir):
 
 def _run_sample(config, workdir):
   from diffusion_jax.inference import sample_mode
-  path = sample_mode.run(config, workdir)
+  path = sample_mode.run(config, workdir, model=_MODEL.value)
   what = path if path.suffix == ".npz" else f"{path} and {path.with_suffix('.npz')}"
   print(f"wrote {what}")
 
 
 def _run_export(config, workdir):
   from diffusion_jax.inference import loading
-  bundle = loading.load(workdir, loading.ema_choice(config.sample))
-  path = loading.export(bundle, _OUTPUT.value or f"{workdir}/export")
+  bundle = loading.load(_MODEL.value or workdir, loading.ema_choice(config.sample))
+  path = loading.export(bundle, _OUTPUT.value or f"{workdir}/export", dtype=_STORAGE.value)
   print(f"exported {bundle} to {path}; load it with diffusion_jax.load({str(path)!r})")
 
 
 def _run_eval(config, workdir):
   from diffusion_jax.evaluation import eval_mode
-  path = eval_mode.run(config, workdir)
+  path = eval_mode.run(config, workdir, model=_MODEL.value)
   print(path.read_text().strip())
   print(f"wrote {path} and {path.with_suffix('.png')}")
 
@@ -129,7 +141,8 @@ def _run_convert():
     from diffusion_jax.openai import released
     fail("--mode=convert needs --source=FILE.pt and --kind=KIND (one of "
          f"{', '.join(released.KINDS)})")
-  print(converter.run(_SOURCE.value, _KIND.value, _REFERENCE_FLAGS.value, _OUTPUT.value))
+  print(converter.run(_SOURCE.value, _KIND.value, _REFERENCE_FLAGS.value, _OUTPUT.value,
+                      _STORAGE.value))
 
 
 def main(argv):
@@ -140,7 +153,10 @@ def main(argv):
       return _run_convert()
     except (ValueError, FileNotFoundError, ImportError) as e:
       fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-  if not _WORKDIR.value:
+  workdir = _WORKDIR.value
+  if not workdir and _MODEL.value and _MODE.value in _SAVED_CONFIG_MODES:
+    workdir = f"runs/{pathlib.Path(_MODEL.value).name}"
+  if not workdir:
     fail(f"--mode={_MODE.value} needs --workdir")
   config = _CONFIG.value
   if config is None:
@@ -155,8 +171,8 @@ def main(argv):
     from diffusion_jax import parallel
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                     _PROCESS_ID.value)
-    logging.info("mode=%s workdir=%s\n%s", _MODE.value, _WORKDIR.value, config)
-    _RUNS[_MODE.value](config, _WORKDIR.value)
+    logging.info("mode=%s workdir=%s\n%s", _MODE.value, workdir, config)
+    _RUNS[_MODE.value](config, workdir)
   except run_guard.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(run_guard.EXIT_PREEMPTED)
@@ -229,15 +245,18 @@ def _flag_value(argv, name: str):
 def _with_saved_config(argv):
   """argv with `--config=<saved_config.py>:WORKDIR` added where a mode that
   reads a model is given no --config: the model's own config, overridable."""
-  mode, workdir = _flag_value(argv, "mode"), _flag_value(argv, "workdir")
-  if mode not in _SAVED_CONFIG_MODES or not workdir or _flag_value(argv, "config"):
+  mode = _flag_value(argv, "mode")
+  model = _flag_value(argv, "model") or _flag_value(argv, "workdir")
+  if mode not in _SAVED_CONFIG_MODES or not model or _flag_value(argv, "config"):
     return argv
   from diffusion_jax.inference import loading, saved_config
   try:
-    loading.check_model_folder(workdir)  # read once, by config_flags below
+    loading.check_model_folder(model)  # read once, by config_flags below
   except FileNotFoundError as e:
     fail(f"{str(e).splitlines()[0]}; or give --config")
-  return [argv[0], f"--config={saved_config.__file__}:{workdir}"] + list(argv[1:])
+  except ValueError as e:  # an unknown or damaged shipped model
+    fail(str(e).splitlines()[0])
+  return [argv[0], f"--config={saved_config.__file__}:{model}"] + list(argv[1:])
 
 
 def _parse_flags(argv):

@@ -177,10 +177,13 @@ def bits_per_dim(bundle, config, num: int, seed: int) -> dict:
           "bpd_images": len(total)}
 
 
-def run(config, workdir: str) -> pathlib.Path:
-  """Measures the model in `workdir` as `config.eval` says; returns the JSON written."""
+def run(config, workdir: str, model: Optional[str] = None) -> pathlib.Path:
+  """Measures `model` (default: the one in `workdir`; a shipped model's name,
+  an export or a workdir) as `config.eval` says; writes under `workdir` and
+  returns the JSON written."""
   eval_config = config.eval
-  bundle = loading.load(workdir, loading.ema_choice(config.sample), kind="diffusion")
+  bundle = loading.load(model or workdir, loading.ema_choice(config.sample),
+                        kind="diffusion")
   start = time.perf_counter()
   net, evaluator = feature_net(eval_config, config.data.name)
   images, labels = _draw(bundle, config, workdir)

@@ -33,14 +33,10 @@ def evaluator_names() -> list[str]:
 def load_evaluator(name: str) -> loading.Bundle:
   """A shipped evaluator by name (no network, no workdir), or any evaluator
   export or workdir by path."""
-  path = WEIGHTS / name
-  if not (path / loading.PARAMS_FILE).exists():
-    if pathlib.Path(name).exists():
-      path = pathlib.Path(name)
-    else:
-      raise ValueError(f"no evaluator {name!r}; the package ships "
-                       f"{', '.join(evaluator_names())}")
-  return loading.load(path, kind="evaluator")
+  if name not in evaluator_names() and not pathlib.Path(name).exists():
+    raise ValueError(f"no evaluator {name!r}; the package ships "
+                     f"{', '.join(evaluator_names())}")
+  return loading.load(name, kind="evaluator")  # a shipped one: its files checked
 
 
 def stated_accuracy(name: str) -> dict[str, float]:

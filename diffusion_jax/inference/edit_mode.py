@@ -96,10 +96,11 @@ def _rows(bundle, sample_config):
   return [""], [{}]
 
 
-def run(config, workdir: str) -> pathlib.Path:
-  """Writes the edit `config.sample` asks for; returns the PNG written."""
+def run(config, workdir: str, model: Optional[str] = None) -> pathlib.Path:
+  """Writes the edit `config.sample` asks for with `model` (default: the
+  one in `workdir`) under `workdir`; returns the PNG written."""
   sample = config.sample
-  bundle = loading.load(workdir, loading.ema_choice(sample), kind="diffusion")
+  bundle = loading.load(model or workdir, loading.ema_choice(sample), kind="diffusion")
   settings = {k: sample[k] for k in ("method", "steps", "eta", "guidance_scale",
                                      "temperature", "resample", "jump")}
   out = pathlib.Path(sample.output or pathlib.Path(workdir) / "samples" / "edited")

@@ -13,7 +13,12 @@ the config's own choice: `sample.ema_rate`, or the raw parameters when
 An export is a folder that needs neither Orbax nor pickle to read:
   config.json         the run's config
   meta.json           format version, step, EMA rate, kind, the data's description
-  params.safetensors  the chosen weights, named "input_blocks_1_0/in_layers_2/kernel"
+  params.safetensors  the chosen weights, named "input_blocks_1_0/in_layers_2/kernel",
+                      stored as float32 or float16 (`export(dtype=...)`) and read as
+                      float32
+
+`load` also takes the name of a model that ships with the package
+(`diffusion_jax.pretrained`), checked against its recorded SHA-256.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ from diffusion_jax.inference.spec import ModelSpec, make_spec
 FORMAT_VERSION = 1
 PARAMS_FILE, CONFIG_FILE, META_FILE = "params.safetensors", "config.json", "meta.json"
 RAW = 0.0  # the EMA "rate" that names the raw parameters
+STORAGE_DTYPES = ("float32", "float16")  # what an export may store its weights as
 
 
 def ema_key(rate: float) -> str:
@@ -228,7 +234,7 @@ def load(path: str | pathlib.Path, ema_rate: Optional[float] = None,
     kind: the model kind the caller needs ("diffusion", "classifier"); a
       model of another kind is refused with a message saying what it is.
   """
-  path = pathlib.Path(path)
+  path = resolve(path)
   if (path / PARAMS_FILE).exists():
     bundle = _load_export(path, ema_rate)
   elif (path / "checkpoints").is_dir():
@@ -239,6 +245,25 @@ def load(path: str | pathlib.Path, ema_rate: Optional[float] = None,
   if kind is not None and bundle.kind != kind:
     raise ValueError(f"{path} holds {bundle.spec.describe()}, not a {kind} model")
   return bundle
+
+
+def resolve(path: str | pathlib.Path) -> pathlib.Path:
+  """The folder `path` names: itself where it exists, else the shipped model
+  of that name (its files checked against their recorded hashes).
+
+  Raises:
+    ValueError: a bare name that is neither a folder here nor a shipped
+      model (the message lists the shipped ones), or a damaged shipped model.
+  """
+  from diffusion_jax import pretrained
+  folder = pathlib.Path(path)
+  if folder.exists():
+    return folder
+  if str(path) in pretrained.names():
+    return pretrained.folder(str(path))
+  if len(folder.parts) == 1:
+    raise ValueError(pretrained.unknown_name_message(str(path)))
+  return folder
 
 
 def _on_base(saved: dict) -> ml_collections.ConfigDict:
@@ -256,7 +281,7 @@ def check_model_folder(path: str | pathlib.Path) -> pathlib.Path:
   Raises:
     FileNotFoundError: it is neither.
   """
-  path = pathlib.Path(path)
+  path = resolve(path)
   if not (path / CONFIG_FILE).exists() and not (path / "checkpoints").is_dir():
     raise FileNotFoundError(f"{path} is neither an export ({PARAMS_FILE}, {CONFIG_FILE}) "
                             "nor a training workdir (checkpoints/): give --config")
@@ -338,7 +363,7 @@ def _load_export(folder: pathlib.Path, ema_rate: Optional[float]) -> Bundle:
                      f"({e})") from None
   spec = make_spec(config, info)
   flat = _read_params(folder / PARAMS_FILE)
-  params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v)
+  params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v, jnp.float32)
                                               for k, v in flat.items()})
   check_params(params, spec, str(folder / PARAMS_FILE))
   return Bundle(config, params, spec, info, int(meta["step"]), saved_rate)
@@ -375,17 +400,35 @@ def widen_input(params, spec: ModelSpec):
   return dict(params, input_blocks_0_0=widened)
 
 
-def _flatten_params(params) -> dict[str, np.ndarray]:
+def _flatten_params(params, dtype: str = "float32") -> dict[str, np.ndarray]:
+  """The weights by "a/b/kernel" name, as numpy arrays of `dtype`.
+
+  Raises:
+    ValueError: a weight does not fit `dtype` (float16 overflows past 65504).
+  """
+  if dtype not in STORAGE_DTYPES:
+    raise ValueError(f"cannot store weights as {dtype!r}: choose one of "
+                     f"{', '.join(STORAGE_DTYPES)}")
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-  return {k: np.asarray(jax.device_get(v), np.float32) for k, v in flat.items()}
+  stored = {}
+  for name, value in flat.items():
+    value = np.asarray(jax.device_get(value), np.float32)
+    with np.errstate(over="ignore"):  # an overflow is reported below, by name
+      stored[name] = value.astype(dtype)
+    if not np.isfinite(stored[name]).all() and np.isfinite(value).all():
+      raise ValueError(f"{name} holds values up to {np.abs(value).max():g}, beyond "
+                       f"{dtype}'s range: export it as float32")
+  return stored
 
 
 def export(bundle: Bundle, output: str | pathlib.Path,
-           origin: Optional[dict] = None) -> pathlib.Path:
+           origin: Optional[dict] = None, dtype: str = "float32") -> pathlib.Path:
   """Writes `bundle`'s weights, config and description as a portable folder.
 
   `origin` (JSON) records where the weights came from (a converted
-  checkpoint's kind, flags and file hashes) in meta.json.
+  checkpoint's kind, flags and file hashes) in meta.json. `dtype` is the
+  weights' storage: "float16" halves the file (each weight rounded to 11
+  significant bits); they are read back as float32 either way.
 
   The folder is written beside `output` and renamed into place, so a reader
   (or a crash) never meets half an export; an existing export there is
@@ -395,15 +438,16 @@ def export(bundle: Bundle, output: str | pathlib.Path,
   output = pathlib.Path(output)
   if output.exists() and any(output.iterdir()) and not (output / PARAMS_FILE).exists():
     raise ValueError(f"{output} exists and is not an export: choose another --output")
+  stored = _flatten_params(bundle.params, dtype)  # before any file is touched
   output.parent.mkdir(parents=True, exist_ok=True)
   staging = output.with_name(f".{output.name}.writing-{os.getpid()}")
   shutil.rmtree(staging, ignore_errors=True)
   staging.mkdir()
-  save_file(_flatten_params(bundle.params), str(staging / PARAMS_FILE))
+  save_file(stored, str(staging / PARAMS_FILE))
   (staging / CONFIG_FILE).write_text(bundle.config.to_json(indent=2))
   (staging / META_FILE).write_text(json.dumps({
       "format_version": FORMAT_VERSION, "step": bundle.step, "ema_rate": bundle.ema_rate,
-      "data_info": dataclasses.asdict(bundle.info), "task": bundle.kind,
+      "data_info": dataclasses.asdict(bundle.info), "task": bundle.kind, "dtype": dtype,
       **({"origin": origin} if origin else {})}, indent=2))
   if output.exists():
     replaced = output.with_name(f".{output.name}.replaced-{os.getpid()}")

@@ -106,13 +106,15 @@ def _guide(sample_config, bundle, mesh):
   return dataclasses.replace(guide, params=parallel.replicate(guide.params, mesh))
 
 
-def run(config, workdir: str, mesh=None) -> pathlib.Path:
-  """Writes the samples `config.sample` asks for, on `mesh` (default: the
-  config's mesh, all devices); returns the file written. An edit (an image
-  in, or a cascade) goes to `edit_mode`."""
+def run(config, workdir: str, mesh=None, model: Optional[str] = None) -> pathlib.Path:
+  """Writes the samples `config.sample` asks for from `model` (default: the
+  one in `workdir`; a shipped model's name, an export or a workdir) under
+  `workdir`, on `mesh` (default: the config's mesh, all devices); returns the
+  file written. An edit (an image in, or a cascade) goes to `edit_mode`."""
   if edit_mode.requested(config.sample):
-    return edit_mode.run(config, workdir)
-  bundle = loading.load(workdir, loading.ema_choice(config.sample), kind="diffusion")
+    return edit_mode.run(config, workdir, model)
+  bundle = loading.load(model or workdir, loading.ema_choice(config.sample),
+                        kind="diffusion")
   mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
   guide = _guide(config.sample, bundle, mesh)
   request = _Request(bundle, None, Sampler(bundle.spec, mesh), None, guide)

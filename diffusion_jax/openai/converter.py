@@ -97,7 +97,8 @@ def _fill(fill_fn, state_dict, target, what, paths):
 
 
 def convert(sources: str | pathlib.Path | Sequence, kind: str, flags: str = "",
-            output: str | pathlib.Path | None = None) -> loading.Bundle:
+            output: str | pathlib.Path | None = None,
+            dtype: str = "float32") -> loading.Bundle:
   """A `Bundle` of a released checkpoint, and its export when `output` is given.
 
   Args:
@@ -106,6 +107,8 @@ def convert(sources: str | pathlib.Path | Sequence, kind: str, flags: str = "",
     kind: a released model (`released.KINDS`: "64x64_diffusion", "base", ...).
     flags: reference flags on top of the kind's ("--image_size 128 ...").
     output: where to write the export (`diffusion_jax.load(output)` reads it).
+    dtype: the export's stored weights, "float32" or "float16" (half the
+      bytes, as the released fp16 checkpoints).
 
   Raises:
     ValueError: an unknown kind or flag, a refused or damaged file, or a
@@ -127,14 +130,15 @@ def convert(sources: str | pathlib.Path | Sequence, kind: str, flags: str = "",
   bundle = loading.Bundle(config, jax.tree.map(jax.numpy.asarray, params), spec, info, 0, rate)
   if output is not None:
     origin = {"kind": kind, "flags": flags, "sources": _fingerprint(paths)}
-    loading.export(bundle, output, origin=origin)
+    loading.export(bundle, output, origin=origin, dtype=dtype)
   return bundle
 
 
-def run(sources: str, kind: str, flags: str, output: str | None) -> str:
+def run(sources: str, kind: str, flags: str, output: str | None,
+        dtype: str = "float32") -> str:
   """`--mode=convert`: writes the export; returns a line saying what was written."""
   output = output or f"exports/{kind}"
-  bundle = convert(sources, kind, flags, output)
+  bundle = convert(sources, kind, flags, output, dtype)
   count = sum(p.size for p in jax.tree.leaves(bundle.params))
   return (f"converted {sources} ({kind}: {count:,} parameters) to {output}; sample it with "
           f"python -m diffusion_jax.main --mode=sample --workdir={output}")
