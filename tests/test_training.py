@@ -186,9 +186,15 @@ def test_loop_writes_checkpoint_samples_and_logs(trained_workdir):
 def test_resume_continues_from_the_latest_checkpoint(tmp_path, trained_workdir):
   workdir = tmp_path / "run"
   shutil.copytree(trained_workdir, workdir)
+  logged, grids = [], []
   state = loop.train_and_evaluate(quick_config(**TRAINED_RUN, **{"train.num_steps": 6}),
-                                  str(workdir))
+                                  str(workdir), on_log=lambda *a: logged.append(a),
+                                  on_grid=lambda *a: grids.append(a))
   assert int(state.step) == 6
+  # The hooks (a notebook's live curve): the resumed steps' logs, the last grid.
+  assert [step for step, _ in logged] == [6]  # log_every 2, from step 4
+  assert np.isfinite(logged[0][1]["loss"]) and isinstance(logged[0][1]["loss"], float)
+  assert grids == [(6, workdir / "samples" / "step_000006.png")] and grids[0][1].exists()
 
 
 def test_importance_sampled_timesteps_follow_the_loss_history():

@@ -203,8 +203,16 @@ class _Run:
       self.lock.release()
 
 
+def _call(hook, step: int, value) -> None:
+  """A caller's hook, on process 0, when there is something to pass."""
+  if hook is not None and value is not None and jax.process_index() == 0:
+    hook(step, value)
+
+
 def train_and_evaluate(config, workdir: str,
-                       drop_fn: Optional[Callable[[list], np.ndarray]] = None):
+                       drop_fn: Optional[Callable[[list], np.ndarray]] = None,
+                       on_log: Optional[Callable[[int, dict], None]] = None,
+                       on_grid: Optional[Callable[[int, pathlib.Path], None]] = None):
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
   Args:
@@ -212,6 +220,9 @@ def train_and_evaluate(config, workdir: str,
     workdir: where checkpoints, logs and sample grids go.
     drop_fn: flags training examples to leave out (e.g.
       `filtering.classifier_drop_fn`), or None.
+    on_log: called with (step, metrics as floats) every `train.log_every`
+      steps (a notebook's live loss curve); process 0 only.
+    on_grid: called with (step, PNG path) after each sample grid; process 0 only.
 
   Returns:
     The final `TrainState`.
@@ -234,7 +245,9 @@ def train_and_evaluate(config, workdir: str,
                                           parallel.global_batch(next(batches), run.mesh))
       if step % train.log_every == 0 or step == train.num_steps:
         now = time.perf_counter()
-        progress.update(run.log(step, metrics, now - last_log))
+        logged = run.log(step, metrics, now - last_log)
+        progress.update(logged)
+        _call(on_log, step, {k: float(v) for k, v in logged.items()})
         last_log = now
       else:
         progress.update()
@@ -246,12 +259,12 @@ def train_and_evaluate(config, workdir: str,
         run.checkpointer.wait()
         raise run_guard.Preempted(step)
       if train.sample_every and step % train.sample_every == 0 and step != train.num_steps:
-        run.grid(step)
+        _call(on_grid, step, run.grid(step))
     if run.checkpointer.latest_step() != train.num_steps:
       run.save(train.num_steps)
     run.checkpointer.wait()
     if train.num_steps > run.start:
-      run.grid(train.num_steps)
+      _call(on_grid, train.num_steps, run.grid(train.num_steps))
     failed = False
     return run.state
   finally:
