@@ -87,8 +87,9 @@ class Checkpointer:
   def __init__(self, directory: str, max_to_keep: Optional[int] = 3,
                keep_period: Optional[int] = None, read_only: bool = False):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, keep_period=keep_period or None, create=not read_only,
+    options = ocp.CheckpointManagerOptions(  # read-only: the values Orbax warns it sets
+        max_to_keep=None if read_only else max_to_keep, keep_period=keep_period or None,
+        save_interval_steps=0 if read_only else 1, create=not read_only,
         read_only=read_only, enable_async_checkpointing=not read_only,
         cleanup_tmp_directories=not read_only)  # what an interrupted save left
     handlers = {"state": ocp.PyTreeCheckpointHandler(type_handler_registry=_type_handlers()),

@@ -43,3 +43,13 @@ def image_grid(images: np.ndarray, row_titles: Optional[Sequence[str]] = None,
                                                   Image.NEAREST)
       canvas.paste(tile, (margin + pad + c * cell_w, pad + r * cell_h))
   return canvas
+
+
+def rows(images: np.ndarray, row_titles: Sequence[str], scale: int = 4) -> Image.Image:
+  """[R * C, H, W, ch] images (R titles, C images each, in row order) as a
+  grid of R titled rows: `visualize.rows(model.sample(prompts=...), prompts)`."""
+  images = np.asarray(images)
+  if len(row_titles) == 0 or images.shape[0] % len(row_titles):
+    raise ValueError(f"{images.shape[0]} images do not make {len(row_titles)} equal rows")
+  return image_grid(images.reshape(len(row_titles), -1, *images.shape[1:]), row_titles,
+                    scale=scale)

@@ -1,7 +1,8 @@
 """`--mode=eval`: a trained model's samples measured against real images.
 
 Draws `eval.num_samples` samples from the workdir's (or export's) weights
-with the config's sampler, guidance and labels (`sample.*`), or reads them
+with the config's sampler, guidance and labels (`sample.*`, including a
+guiding `sample.classifier` or `sample.clip`), or reads them
 from `eval.samples` (a samples `.npz`, `arr_0`), then measures them against
 the dataset's test split, or `eval.reference` (an `.npz` in guided-diffusion's
 batch layout, `arr_0` uint8 [N, H, W, C]):
@@ -122,12 +123,14 @@ def _draw(bundle, config, workdir) -> tuple[np.ndarray, Optional[np.ndarray]]:
     with np.load(eval_config.samples, allow_pickle=False) as data:
       return data["arr_0"], (data["arr_1"] if "arr_1" in data else None)  # noqa: SIM401
   sampler = Sampler(bundle.spec)
-  settings = sample_mode.check_sample_config(sample, bundle.spec)
-  labels = outputs.many_labels(bundle.spec.num_classes, eval_config.num_samples, sample.seed,
+  guide = sample_mode.guide_of(sample, bundle)  # sample.classifier or sample.clip, or None
+  classes = bundle.spec.num_classes or getattr(getattr(guide, "spec", None), "num_classes", None)
+  settings = sample_mode.check_sample_config(sample, bundle.spec, classes)
+  labels = outputs.many_labels(classes, eval_config.num_samples, sample.seed,
                                list(sample.labels))
-  prompts = outputs.grid_layout(bundle.spec, sample)[1]
+  prompts = outputs.grid_layout(bundle.spec, sample, classes)[1]
   images = outputs.sample_many(sampler, bundle.params, settings, eval_config.num_samples,
-                               int(sample.batch_size), sample.seed, labels,
+                               int(sample.batch_size), sample.seed, labels, guide=guide,
                                prompts=outputs.many_prompts(prompts, eval_config.num_samples))
   return images, labels
 
@@ -194,6 +197,10 @@ def run(config, workdir: str, model: Optional[str] = None) -> pathlib.Path:
             "reference": eval_config.reference or f"{config.data.name} test split",
             "sampler": {k: config.sample[k] for k in ("method", "steps", "eta",
                                                       "guidance_scale")}}
+  for guide in ("classifier", "clip"):
+    if config.sample.get(guide, ""):
+      result["sampler"].update({guide: config.sample[guide],
+                                f"{guide}_scale": config.sample[f"{guide}_scale"]})
   fake = _features(net, images, batch, "samples")
   real = _features(net, reference, batch, "reference")
   result.update(measure(real, fake, eval_config))

@@ -88,7 +88,7 @@ class _Request:
     return None
 
 
-def _guide(sample_config, bundle, mesh):
+def guide_of(sample_config, bundle, mesh=None):
   """`sample.classifier` or `sample.clip` as a checked guide, its weights on
   the mesh; None without either."""
   clip_path = sample_config.get("clip", "")
@@ -103,6 +103,8 @@ def _guide(sample_config, bundle, mesh):
   else:
     return None
   logging.info("guidance by %s at scale %g", guiding, guide.scale)
+  if mesh is None:
+    return guide
   return dataclasses.replace(guide, params=parallel.replicate(guide.params, mesh))
 
 
@@ -116,7 +118,7 @@ def run(config, workdir: str, mesh=None, model: Optional[str] = None) -> pathlib
   bundle = loading.load(model or workdir, loading.ema_choice(config.sample),
                         kind="diffusion")
   mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-  guide = _guide(config.sample, bundle, mesh)
+  guide = guide_of(config.sample, bundle, mesh)
   request = _Request(bundle, None, Sampler(bundle.spec, mesh), None, guide)
   request.settings = check_sample_config(config.sample, bundle.spec, request.label_classes)
   request.params = parallel.replicate(bundle.params, mesh)  # once, not per batch

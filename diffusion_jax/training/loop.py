@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sys
 import time
 from typing import Callable, Optional
 
@@ -98,17 +99,23 @@ def check_config(config, task: tasks.TrainTask) -> Optional[SampleSettings]:
 
 
 class _Progress:
-  """A tqdm bar (process 0) with steps/s, loss and ETA."""
+  """A tqdm bar (process 0) with steps/s, loss and ETA; redrawn at most every
+  `LOG_INTERVAL_S` where stderr is not a terminal (a log file, a notebook),
+  whose every redraw is kept."""
+
+  LOG_INTERVAL_S = 15.0
 
   def __init__(self, start, total):
+    interval = 0.1 if sys.stderr.isatty() else self.LOG_INTERVAL_S
     self.bar = tqdm.tqdm(initial=start, total=total, unit="step", desc="training",
-                         disable=jax.process_index() != 0, dynamic_ncols=True)
+                         disable=jax.process_index() != 0, dynamic_ncols=True,
+                         mininterval=interval)
 
   def update(self, metrics=None):
     self.bar.update(1)
     if metrics:
       self.bar.set_postfix({k: f"{float(v):.4g}" for k, v in metrics.items()
-                            if k in ("loss", "accuracy", "nonfinite_total")})
+                            if k in ("loss", "accuracy", "nonfinite_total")}, refresh=False)
 
   def close(self):
     self.bar.close()

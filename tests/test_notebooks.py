@@ -1,0 +1,59 @@
+"""Every notebook runs top to bottom in quick mode, so none can rot.
+
+Each runs in a fresh kernel on the tests' 8 simulated CPU devices (the
+notebooks shard over all devices, as on a Colab TPU's 8 cores), in a scratch
+folder, with the tests' prepared data and compilation cache. The harness is
+`notebooks/execute.py`, which also makes the notebooks' saved outputs.
+"""
+import importlib.util
+import json
+
+import nbformat
+import pytest
+from nbclient.exceptions import CellExecutionError
+
+from tests.conftest import ROOT, data_dir
+
+_spec = importlib.util.spec_from_file_location("execute", ROOT / "notebooks" / "execute.py")
+execute = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(execute)
+
+NOTEBOOKS = {p.stem: p for p in execute.notebooks()}
+QUICK_CELL_TIMEOUT_S = 120  # the issue's bound on a whole quick notebook, per cell here
+
+
+@pytest.fixture
+def kernel_environment(monkeypatch):
+  monkeypatch.setenv("DIFFUSION_JAX_DATA_DIR", data_dir())
+
+
+def test_the_five_notebooks_are_there_with_saved_outputs():
+  assert sorted(NOTEBOOKS) == ["classifier_guidance", "clip_guided", "inpaint", "text2im",
+                               "train_from_scratch"]
+  for name, path in NOTEBOOKS.items():
+    notebook = json.loads(path.read_text())
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    assert all(c.get("outputs") for c in code[3:]), f"{name}: a cell has no saved output"
+    assert all(c.get("execution_count") for c in code), f"{name}: not run top to bottom"
+    first = "".join(code[0]["source"])
+    assert "except ImportError" in first and "pip" in first  # installs only where missing
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_a_notebook_runs_top_to_bottom_in_quick_mode(name, tmp_path, kernel_environment):
+  notebook = nbformat.read(NOTEBOOKS[name], as_version=4)
+  execute.execute(notebook, tmp_path, quick=True, timeout=QUICK_CELL_TIMEOUT_S)
+  errors = [o for c in notebook.cells for o in c.get("outputs", [])
+            if o.get("output_type") == "error"]
+  assert not errors
+  printed = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+  assert "8 x cpu (cpu)" in printed  # all 8 simulated devices seen
+
+
+def test_a_broken_cell_fails_the_run(tmp_path, kernel_environment):
+  """The harness fails on a raising cell (not just records it), and names it."""
+  notebook = nbformat.read(NOTEBOOKS["inpaint"], as_version=4)
+  notebook.cells = notebook.cells[:3] + [nbformat.v4.new_code_cell(
+      "raise RuntimeError('a deliberately broken cell')")] + notebook.cells[3:]
+  with pytest.raises(CellExecutionError, match="a deliberately broken cell"):
+    execute.execute(notebook, tmp_path, quick=True, timeout=QUICK_CELL_TIMEOUT_S)
