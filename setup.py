@@ -42,8 +42,10 @@ setup(
     ],
     extras_require={
         # ruff: the linter CI runs (ruff.toml); pinned, as its rules move.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "scipy>=1.11", "ruff>=0.17,<0.18"],
-        "notebooks": ["jupyter", "nbclient>=0.10", "ipykernel"],
+        # nbclient and ipykernel: the tests run every notebook (tests/test_notebooks.py).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "scipy>=1.11", "ruff>=0.17,<0.18",
+                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+        "notebooks": ["jupyter", "nbclient>=0.10", "ipykernel>=6.29"],
         # The PyTorch twin of the training benchmark; 2.13.0 is a CPU build.
         "bench": ["torch>=2.5,<=2.13.0"],
         # --mode=convert reads OpenAI's released .pt files (weights only). The

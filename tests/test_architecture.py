@@ -14,12 +14,12 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "diffusion_jax"
 # Lowest first. A unit is a top-level module or a subpackage of diffusion_jax.
 FLOORS = (
     ("platform", "validation", "visualize", "schedules", "parallel",  # foundations
-     "text", "faults"),  # tokenizers; the tests' fault injection
+     "text", "faults", "pretrained"),  # tokenizers; fault injection; shipped models' manifest
     ("diffusion", "oracles", "guidance", "sampling", "masks", "likelihood"),  # the math
     ("models", "data", "checkpoint", "config_lib"),  # networks, datasets, storage
     ("inference",),  # a trained model: spec, loading, sampler, sample files
     ("training", "evaluation", "openai"),  # the loop; judging samples; released models
-    ("filtering", "toy", "main", "__init__"),  # applications and the API facade
+    ("filtering", "toy", "main", "pretrained_build", "__init__"),  # applications, API facade
 )
 FLOOR = {unit: level for level, units in enumerate(FLOORS) for unit in units}
 

@@ -61,22 +61,3 @@ def test_eval_errors_are_one_line(tmp_path, trained_workdir, classifier_workdir)
     eval_mode.run(eval_config(tmp_path, **{"eval.features": "inception",
                                            "eval.inception": str(fake)}), str(trained_workdir))
 
-
-def test_eval_draws_with_the_guiding_classifier_it_is_given(tmp_path):
-  """sample.classifier guides eval's samples (it used to be ignored there):
-  the shipped class-conditional model's samples move with the scale."""
-  from diffusion_jax import config_lib
-  from diffusion_jax.inference import loading
-  config = loading.saved_config("shapes-classes")
-  config.update_from_flattened_dict({"sample.steps": "4", "eval.num_samples": 8,
-                                     "sample.batch_size": 8, "sample.labels": (3,),
-                                     "sample.classifier": "shapes-classifier",
-                                     "eval.output": str(tmp_path / "eval.json")})
-  config_lib.check(config)
-  bundle = loading.load("shapes-classes")
-  drawn = {}
-  for scale in (0.0, 30.0):
-    config.sample.classifier_scale = scale
-    drawn[scale], labels = eval_mode._draw(bundle, config, str(tmp_path))
-  np.testing.assert_array_equal(labels, 3)
-  assert np.abs(drawn[0.0].astype(int) - drawn[30.0].astype(int)).max() > 8

@@ -169,3 +169,25 @@ def test_the_cli_refuses_a_mismatched_classifier_in_one_line(trained_workdir,
                    f"--config.sample.classifier={classifier_workdir}")
   assert result.returncode == 2
   assert "its labels are the 10 classes of 'digits/16'" in error_line(result)
+
+
+def test_eval_mode_draws_with_the_guiding_classifier_it_is_given(trained_workdir, classifier_16,
+                                                                 tmp_path):
+  """`--mode=eval` with sample.classifier samples guided (it used to ignore
+  the classifier): the same seed and labels at scale 0 and 10 draw other
+  images, and at scale 0 exactly the unguided model's."""
+  from diffusion_jax.evaluation import eval_mode
+  bundle = loading.load(trained_workdir)
+  config = bundle.config
+  config.update_from_flattened_dict({
+      "eval.num_samples": 4, "sample.labels": (3,), "sample.batch_size": 4,
+      "sample.classifier": str(loading.export(classifier_16, tmp_path / "classifier"))})
+  drawn = {}
+  for scale in (0.0, 10.0):
+    config.sample.classifier_scale = scale
+    drawn[scale], labels = eval_mode._draw(bundle, config, str(tmp_path))
+  np.testing.assert_array_equal(labels, 3)
+  assert not np.array_equal(drawn[0.0], drawn[10.0])  # the gradient moved them
+  config.sample.classifier = ""
+  unguided, _ = eval_mode._draw(bundle, config, str(tmp_path))
+  np.testing.assert_array_equal(unguided, drawn[0.0])

@@ -8,7 +8,7 @@ Each model is an export folder (safetensors + JSON, `inference.loading`)
 inside the package: the diffusion models here, the clean-image evaluators in
 `evaluation/weights`. `manifest.json` records each one's folder, a summary,
 and the SHA-256 of each of its files; a folder whose files differ is refused
-as damaged before anything reads it. `python -m diffusion_jax.pretrained.build`
+as damaged before anything reads it. `python -m diffusion_jax.pretrained_build`
 writes the folders and the manifest from training workdirs (docs/models.md).
 """
 from __future__ import annotations

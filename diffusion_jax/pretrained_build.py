@@ -1,6 +1,6 @@
 """Writes the shipped models from training workdirs, and the manifest.
 
-    python -m diffusion_jax.pretrained.build --runs=runs [--only=shapes-text2im]
+    python -m diffusion_jax.pretrained_build --runs=runs [--only=shapes-text2im]
 
 Each model is exported with float16 weights (half the bytes; read back as
 float32). The build then loads each one back and prints, as JSON, how far
