@@ -191,3 +191,16 @@ def test_eval_mode_draws_with_the_guiding_classifier_it_is_given(trained_workdir
   config.sample.classifier = ""
   unguided, _ = eval_mode._draw(bundle, config, str(tmp_path))
   np.testing.assert_array_equal(unguided, drawn[0.0])
+
+
+def test_a_classifier_named_by_path_is_loaded_and_compiled_once(trained_workdir, classifier_16,
+                                                               tmp_path):
+  """Each load of a guide is a new program to compile: a path given again
+  (another scale included) reuses the first load and its compiled sampler."""
+  path = str(loading.export(classifier_16, tmp_path / "classifier"))
+  bundle = loading.load(trained_workdir)
+  first = bundle.sample(labels=[1, 2], classifier=path, classifier_scale=1.0, seed=0)
+  again = bundle.sample(labels=[1, 2], classifier=path, classifier_scale=1.0, seed=0)
+  bundle.sample(labels=[1, 2], classifier=path, classifier_scale=5.0, seed=0)
+  np.testing.assert_array_equal(first, again)
+  assert len(bundle.sampler._compiled) == 1 and len(bundle._guiding) == 1

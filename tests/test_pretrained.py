@@ -7,6 +7,7 @@ a name typo answered with a traceback, float16 storage that overflows.
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -46,7 +47,7 @@ def test_each_shipped_model_loads_by_name_as_its_kind(name):
   bundle = diffusion_jax.load(name, kind=KINDS[name])
   assert bundle.spec.describe() in pretrained.summary(name)
   assert bundle.step > 0
-  leaves = [np.asarray(v) for v in __import__("jax").tree.leaves(bundle.params)]
+  leaves = [np.asarray(v) for v in jax.tree.leaves(bundle.params)]
   assert all(v.dtype == np.float32 for v in leaves)  # float16 on disk, float32 in use
 
 
@@ -112,7 +113,7 @@ def test_the_cli_samples_a_shipped_model_by_name_and_refuses_an_unknown_one(tmp_
 
 def test_float16_storage_rounds_each_weight_and_refuses_an_overflow(tmp_path):
   bundle = diffusion_jax.load("shapes-classifier")
-  bundle.params = __import__("jax").tree.map(lambda v: v * 1.0001, bundle.params)
+  bundle.params = jax.tree.map(lambda v: v * 1.0001, bundle.params)
   loading.export(bundle, tmp_path / "f16", dtype="float16")
   back = loading.load(tmp_path / "f16")
   flat = loading._flatten_params(bundle.params)
@@ -120,7 +121,7 @@ def test_float16_storage_rounds_each_weight_and_refuses_an_overflow(tmp_path):
     np.testing.assert_array_equal(value, flat[name].astype(np.float16).astype(np.float32))
   assert json.loads((tmp_path / "f16" / loading.META_FILE).read_text())["dtype"] == "float16"
   first = next(iter(bundle.params))
-  bundle.params = dict(bundle.params, **{first: __import__("jax").tree.map(
+  bundle.params = dict(bundle.params, **{first: jax.tree.map(
       lambda v: v + 1e5, bundle.params[first])})
   with pytest.raises(ValueError, match="beyond float16's range: export it as float32"):
     loading.export(bundle, tmp_path / "overflow", dtype="float16")

@@ -124,7 +124,7 @@ def _draw(bundle, config, workdir) -> tuple[np.ndarray, Optional[np.ndarray]]:
       return data["arr_0"], (data["arr_1"] if "arr_1" in data else None)  # noqa: SIM401
   sampler = Sampler(bundle.spec)
   guide = sample_mode.guide_of(sample, bundle)  # sample.classifier or sample.clip, or None
-  classes = bundle.spec.num_classes or getattr(getattr(guide, "spec", None), "num_classes", None)
+  classes = sample_mode.label_classes(bundle.spec, guide)
   settings = sample_mode.check_sample_config(sample, bundle.spec, classes)
   labels = outputs.many_labels(classes, eval_config.num_samples, sample.seed,
                                list(sample.labels))

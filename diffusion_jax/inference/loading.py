@@ -96,6 +96,9 @@ class Bundle:
   step: int
   ema_rate: float
   sampler: Sampler = dataclasses.field(init=False, repr=False)
+  # Guides named by path or name, loaded once: a new load is a new program
+  # for the sampler to compile.
+  _guiding: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
   def __post_init__(self):
     self.sampler = Sampler(self.spec)
@@ -190,14 +193,19 @@ class Bundle:
     if classifier is not None and clip is not None:
       raise ValueError("give a classifier or a CLIP to guide with, not both")
     if classifier is not None:
-      if not isinstance(classifier, Bundle):
-        classifier = load(classifier, kind="classifier")
-      return guide_lib.make_guide(self, classifier, classifier_scale)
+      return guide_lib.make_guide(self, self._loaded(classifier, "classifier"),
+                                  classifier_scale)
     if clip is not None:
-      if not isinstance(clip, Bundle):
-        clip = load(clip, kind="clip")
-      return guide_lib.make_clip_guide(self, clip, clip_scale)
+      return guide_lib.make_clip_guide(self, self._loaded(clip, "clip"), clip_scale)
     return None
+
+  def _loaded(self, model, kind: str) -> Bundle:
+    """`model` (a `Bundle`, or a path or name, loaded once per Bundle)."""
+    if isinstance(model, Bundle):
+      return model
+    if (str(model), kind) not in self._guiding:
+      self._guiding[str(model), kind] = load(model, kind=kind)
+    return self._guiding[str(model), kind]
 
   def encode(self, images, steps: str = "50", **cond_args) -> np.ndarray:
     """DDIM-inverts images (uint8, or floats in [-1, 1]) to their starting noise x_T."""

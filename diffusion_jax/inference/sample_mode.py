@@ -80,12 +80,16 @@ class _Request:
 
   @property
   def label_classes(self) -> Optional[int]:
-    """The classes labels index: the model's, or else a classifier guide's."""
-    if self.bundle.spec.num_classes:
-      return self.bundle.spec.num_classes
-    if isinstance(self.guide, guide_lib.ClassifierGuide):
-      return self.guide.spec.num_classes
-    return None
+    return label_classes(self.bundle.spec, self.guide)
+
+
+def label_classes(spec: ModelSpec, guide) -> Optional[int]:
+  """The classes labels index: the model's, or else a classifier guide's."""
+  if spec.num_classes:
+    return spec.num_classes
+  if isinstance(guide, guide_lib.ClassifierGuide):
+    return guide.spec.num_classes
+  return None
 
 
 def guide_of(sample_config, bundle, mesh=None):
@@ -94,15 +98,12 @@ def guide_of(sample_config, bundle, mesh=None):
   clip_path = sample_config.get("clip", "")
   if sample_config.classifier and clip_path:
     raise ValueError("set sample.classifier or sample.clip, not both")
-  if sample_config.classifier:
-    guiding = loading.load(sample_config.classifier, kind="classifier")
-    guide = guide_lib.make_guide(bundle, guiding, sample_config.classifier_scale)
-  elif clip_path:
-    guiding = loading.load(clip_path, kind="clip")
-    guide = guide_lib.make_clip_guide(bundle, guiding, sample_config.clip_scale)
-  else:
+  guide = bundle._guide(sample_config.classifier or None, sample_config.classifier_scale,
+                        clip_path or None, sample_config.clip_scale)
+  if guide is None:
     return None
-  logging.info("guidance by %s at scale %g", guiding, guide.scale)
+  logging.info("guidance by %s at scale %g", sample_config.classifier or clip_path,
+               guide.scale)
   if mesh is None:
     return guide
   return dataclasses.replace(guide, params=parallel.replicate(guide.params, mesh))
