@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 
 from common import best_of, environment, markdown_table  # noqa: E402
 from diffusion_jax import parallel  # noqa: E402
-from diffusion_jax.data.pipeline import DatasetInfo  # noqa: E402
+from diffusion_jax.data.info import DatasetInfo  # noqa: E402
 from diffusion_jax.inference.spec import make_spec  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -180,7 +180,7 @@ def hlo_collectives(text: str) -> dict[str, dict]:
 def compiled_step_text(config, info, data: int, fsdp: int) -> tuple[str, dict]:
   """The compiled HLO of the real sharded train step on a data x fsdp mesh of
   the (simulated) devices, from abstract values: nothing is allocated."""
-  from diffusion_jax.training import loop, tasks
+  from diffusion_jax.training import tasks
   task = tasks.make_task(config, info)
   mesh = parallel.make_mesh(data, fsdp)
   abstract, shardings = task.abstract_state(mesh, 0)
@@ -192,7 +192,7 @@ def compiled_step_text(config, info, data: int, fsdp: int) -> tuple[str, dict]:
     for key, value in c.placeholder(data * fsdp).items():
       batch[key] = jax.ShapeDtypeStruct(value.shape, value.dtype,
                                         sharding=parallel.batch_sharding(mesh))
-  text = loop.compile_step(task, mesh, shardings).lower(abstract, batch).compile().as_text()
+  text = tasks.compile_step(task, mesh, shardings).lower(abstract, batch).compile().as_text()
   leaves = jax.tree.leaves(abstract.params)
   sharded = sum(4 * int(np.prod(p.shape)) for p in leaves
                 if parallel.param_spec(p.shape, fsdp) != jax.sharding.PartitionSpec())
@@ -220,12 +220,12 @@ def matmul_flops_per_s() -> float:
 
 
 def one_device_check(steps: int = 3) -> dict:
-  from diffusion_jax.training import loop, tasks
+  from diffusion_jax.training import tasks
   config, info = main_job_config()
   task = tasks.make_task(config, info)
   mesh = parallel.make_mesh(1, 1)
   state, shardings = task.create_state(mesh, 0)
-  step = loop.compile_step(task, mesh, shardings)
+  step = tasks.compile_step(task, mesh, shardings)
   batch_size = int(config.data.batch_size)
   batch = {"image": jnp.zeros((batch_size, 16, 16, 3), jnp.float32),
            "y": jnp.zeros((batch_size,), jnp.int32)}

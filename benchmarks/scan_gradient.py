@@ -30,7 +30,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from common import best_of, environment  # noqa: E402
-from diffusion_jax.data.pipeline import DatasetInfo  # noqa: E402
+from diffusion_jax.data.info import DatasetInfo  # noqa: E402
 from diffusion_jax.inference import spec as spec_lib  # noqa: E402
 
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "shapes_classifier.py"

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from diffusion_jax.data.pipeline import to_model_image
+from diffusion_jax.data.info import to_model_image
 from diffusion_jax.inference import loading
 
 

@@ -141,14 +141,14 @@ def run_steps(config, mesh, num_steps, process_index=None, process_count=None):
   """Trains `num_steps` from a fresh state on `mesh`; returns (state, losses)."""
   from diffusion_jax import parallel
   from diffusion_jax.data import pipeline
-  from diffusion_jax.training import loop, tasks
+  from diffusion_jax.training import tasks
   task = tasks.make_task(config, pipeline.read_info(config.data))
   data = pipeline.ImageData(config.data, seed=config.seed,
                             global_batch_size=config.data.batch_size,
                             example_fn=task.spec.example_fn,
                             process_index=process_index, process_count=process_count)
   state, shardings = task.create_state(mesh, config.seed)
-  step_fn = loop.compile_step(task, mesh, shardings)
+  step_fn = tasks.compile_step(task, mesh, shardings)
   losses = []
   for step in range(num_steps):
     state, metrics = step_fn(state, parallel.global_batch(data.local_batch(step), mesh))

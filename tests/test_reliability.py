@@ -90,7 +90,7 @@ def test_nan_batch_is_skipped_and_counted():
   data = pipeline.ImageData(config.data, seed=0, global_batch_size=8,
                             example_fn=task.spec.example_fn)
   state, shardings = task.create_state(mesh, 0)
-  step_fn = loop.compile_step(task, mesh, shardings)
+  step_fn = tasks.compile_step(task, mesh, shardings)
   state, _ = step_fn(state, parallel.global_batch(data.local_batch(0), mesh))
   before = jax.tree.map(np.asarray, state)
   bad = data.local_batch(1)

@@ -48,7 +48,7 @@ def test_train_step_compiles_once():
   task.train_step = counted
   mesh = one_device()
   state, shardings = task.create_state(mesh, 0)
-  step_fn = loop.compile_step(task, mesh, shardings)
+  step_fn = tasks.compile_step(task, mesh, shardings)
   for step in range(4):
     state, _ = step_fn(state, parallel.global_batch(data.local_batch(step), mesh))
   assert len(traces) == 1
@@ -214,7 +214,7 @@ def test_importance_sampled_timesteps_follow_the_loss_history():
   full = diffusion.LossHistory(jax.numpy.asarray(losses),
                                jax.numpy.full((num_timesteps,), slots, jax.numpy.int32))
   state = state.replace(loss_history=jax.device_put(full, shardings.loss_history))
-  step_fn = loop.compile_step(task, mesh, shardings)
+  step_fn = tasks.compile_step(task, mesh, shardings)
   state, _ = step_fn(state, parallel.global_batch(data.local_batch(0), mesh))
   after = np.asarray(state.loss_history.losses)
   changed = np.flatnonzero(np.any(after != losses, axis=1))

@@ -9,42 +9,15 @@ each global batch of B; `parallel.global_batch` assembles the global arrays.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 from typing import Callable, Iterator, Optional
 
 import grain
 import jax
 import numpy as np
 from absl import logging
-from PIL import Image
 
 from diffusion_jax.data import builders
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What the model needs to know about the data.
-
-  Attributes:
-    image_size, channels: of the images the model takes.
-    num_classes: of the class label, or None without one.
-    train_examples: the size of the training split.
-    attributes: ((name, number of values), ...) of the int features a
-      clean-image evaluator predicts (`builders.metadata`); () when unknown
-      (descriptions saved before they were recorded).
-    captions: whether examples have a "caption" text (False in descriptions
-      saved before it was recorded).
-  """
-  image_size: int
-  channels: int
-  num_classes: Optional[int]
-  train_examples: int
-  attributes: tuple = ()
-  captions: bool = False
-
-  def __post_init__(self):  # JSON gives lists back: keep it hashable
-    object.__setattr__(self, "attributes",
-                       tuple((str(name), int(count)) for name, count in self.attributes))
+from diffusion_jax.data.info import DatasetInfo, to_model_image  # noqa: F401 (re-exported)
 
 
 def dataset_info(data_config, builder, num_examples: int) -> DatasetInfo:
@@ -100,29 +73,6 @@ class _Subset:
 
   def __getitem__(self, i: int):
     return self._source[int(self._indices[i])]
-
-
-def to_model_image(image: np.ndarray, image_size: int, channels: int) -> np.ndarray:
-  """uint8 [h, w, c] -> float32 [S, S, channels] in [-1, 1] (center crop, bilinear)."""
-  image = np.asarray(image)
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.shape[:2] != (image_size, image_size):
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    crop = image[top:top + side, left:left + side]
-    pil = Image.fromarray(crop[..., 0] if crop.shape[-1] == 1 else crop)
-    image = np.asarray(pil.resize((image_size, image_size), Image.BILINEAR))
-    image = image[..., None] if image.ndim == 2 else image
-  if image.shape[-1] != channels:
-    if image.shape[-1] == 1:
-      image = np.repeat(image, channels, axis=-1)
-    elif channels == 1:
-      image = np.round(image.mean(-1, keepdims=True))
-    else:
-      raise ValueError(f"cannot turn {image.shape[-1]}-channel images into {channels}")
-  return image.astype(np.float32) / 127.5 - 1.0
 
 
 def keep_by_predicate(source, predicate: Optional[Callable[[dict], bool]],

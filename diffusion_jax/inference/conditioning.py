@@ -35,7 +35,7 @@ import numpy as np
 
 from diffusion_jax import masks as masks_lib
 from diffusion_jax import validation
-from diffusion_jax.data.pipeline import to_model_image
+from diffusion_jax.data.info import to_model_image
 from diffusion_jax.text import tokenizer as tok_lib
 
 Arrays = Mapping[str, Any]

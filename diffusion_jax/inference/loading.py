@@ -37,7 +37,7 @@ import numpy as np
 
 from diffusion_jax import checkpoint as ckpt_lib
 from diffusion_jax import validation
-from diffusion_jax.data.pipeline import DatasetInfo
+from diffusion_jax.data.info import DatasetInfo
 from diffusion_jax.inference import conditioning as cond_lib
 from diffusion_jax.inference import editing
 from diffusion_jax.inference import guide as guide_lib

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import schedules
-from diffusion_jax.data.pipeline import DatasetInfo
+from diffusion_jax.data.info import DatasetInfo
 from diffusion_jax.inference import conditioning as cond_lib
 from diffusion_jax.models import factory
 

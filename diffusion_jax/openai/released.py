@@ -26,7 +26,7 @@ from typing import Any
 import ml_collections
 
 from diffusion_jax import config_lib
-from diffusion_jax.data.pipeline import DatasetInfo
+from diffusion_jax.data.info import DatasetInfo
 
 _DIFFUSION = dict(learn_sigma=False, diffusion_steps=1000, noise_schedule="linear",
                   timestep_respacing="", use_kl=False, predict_xstart=False,

@@ -21,7 +21,7 @@ import tqdm
 from absl import logging
 
 from diffusion_jax import checkpoint as ckpt_lib
-from diffusion_jax import config_lib, parallel, platform
+from diffusion_jax import config_lib, parallel
 from diffusion_jax.data import pipeline
 from diffusion_jax.inference import loading, outputs, sample_mode
 from diffusion_jax.inference.sampler import Sampler, SampleSettings
@@ -74,13 +74,6 @@ def set_aside_old_run(config, workdir: pathlib.Path) -> None:
     aside = workdir / f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
     checkpoints.rename(aside)
     logging.warning("resume=False: moved the earlier run's checkpoints to %s", aside)
-
-
-def compile_step(task: tasks.TrainTask, mesh, shardings):
-  batch = parallel.batch_sharding(mesh)
-  return jax.jit(task.train_step, in_shardings=(shardings, batch),
-                 out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0,
-                 compiler_options=platform.compiler_options())
 
 
 def check_config(config, task: tasks.TrainTask) -> Optional[SampleSettings]:
@@ -149,7 +142,7 @@ class _Run:
     self.checkpointer = make_checkpointer(config, self.workdir)
     self.state, shardings, self.start = restore_or_init(
         self.task, config, self.mesh, self.checkpointer, info, self.workdir)
-    self.train_step = compile_step(self.task, self.mesh, shardings)
+    self.train_step = tasks.compile_step(self.task, self.mesh, shardings)
     self.writer = metrics_lib.MetricWriter(self.workdir / "tensorboard")
     self.meta = {"data_info": dataclasses.asdict(self.data.info), "task": self.task.spec.kind}
     self.sampler = Sampler(self.task.spec, self.mesh) if self.settings else None

@@ -8,8 +8,8 @@ import jax
 import optax
 from jax.sharding import Mesh
 
-from diffusion_jax import parallel
-from diffusion_jax.data.pipeline import DatasetInfo
+from diffusion_jax import parallel, platform
+from diffusion_jax.data.info import DatasetInfo
 from diffusion_jax.inference.spec import ModelSpec, make_spec
 from diffusion_jax.training import optimizer as optim_lib
 from diffusion_jax.training import state as state_lib
@@ -88,3 +88,12 @@ def make_task(config, info: DatasetInfo) -> TrainTask:
   optimizer = optim_lib.make_optimizer(config.optim)
   step, history = STEP_BUILDERS[spec.kind](spec, optimizer, config)
   return TrainTask(spec, optimizer, step, tuple(config.train.ema_rates), history)
+
+
+def compile_step(task: TrainTask, mesh: Mesh, shardings):
+  """`task.train_step` jitted over `mesh`: the state in `shardings` (donated),
+  the batch split over the data axes, the metrics replicated."""
+  batch = parallel.batch_sharding(mesh)
+  return jax.jit(task.train_step, in_shardings=(shardings, batch),
+                 out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0,
+                 compiler_options=platform.compiler_options())
