@@ -1,6 +1,9 @@
 """What every benchmark records beside its figures: device, versions, commit."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import platform
 import subprocess
 import time
@@ -13,8 +16,8 @@ def environment() -> dict:
   try:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    commit = "unknown"
+  except (OSError, subprocess.CalledProcessError):  # a copy without .git (the GPU machine)
+    commit = os.environ.get("BENCH_COMMIT", "unknown")
   import flax
   return {
       "backend": jax.default_backend(),
@@ -63,3 +66,23 @@ def save_figure(fig, axes, path) -> str:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   return str(path)
+
+
+@contextlib.contextmanager
+def gpu_turn():
+  """Holds the device while timing: the file lock named by BENCH_GPU_LOCK.
+
+  `gpu_suite.py` runs several benchmark processes side by side so that their
+  compilations overlap; each times its steps only while holding this lock,
+  so that no two timed sections share the device. A no-op when unset.
+  """
+  path = os.environ.get("BENCH_GPU_LOCK")
+  if not path:
+    yield
+    return
+  with open(path, "a") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import pathlib
 import statistics
@@ -60,39 +61,43 @@ def model_of(name):
   return image, (train_speed.MODEL if model is None else model)
 
 
-def glide_step(batch, precision, tf32, attention=""):
+def glide_step(batch, precision, tf32, attention="", remat=False):
   """Our train step of GLIDE's base model (the library's own, not the
-  benchmark's): (run, facts, train FLOPs a step)."""
+  benchmark's): (run, sync, facts), the facts with the train FLOPs a step."""
   import jax
   import jax.numpy as jnp
   from scaling_model import forward_flops
 
   from diffusion_jax import parallel
   from diffusion_jax.openai import released
-  from diffusion_jax.training import loop, tasks
+  from diffusion_jax.training import tasks
   jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
   config, info = released.config_of("base", released.flags_of("base"))
   config.model.dtype = "bfloat16" if precision == "bf16" else "float32"
   config.model.attention_impl = attention
+  config.model.remat = remat
   task = tasks.make_task(config, info)
   mesh = parallel.make_mesh(1, 1)
   start = time.perf_counter()
   state, shardings = task.create_state(mesh, 0)
-  step = loop.compile_step(task, mesh, shardings)
+  step = tasks.compile_step(task, mesh, shardings)
   batch_arrays = {"image": jnp.zeros((batch, 64, 64, 3), jnp.float32),
                   "tokens": jnp.ones((batch, config.model.text_ctx), jnp.int32),
                   "mask": jnp.ones((batch, config.model.text_ctx), bool)}
   holder = {"state": state}
 
   def run():
-    holder["state"], metrics = step(holder["state"], batch_arrays)
-    return float(metrics["loss"])
+    holder["state"], holder["metrics"] = step(holder["state"], batch_arrays)
+
+  def sync():
+    return float(holder["metrics"]["loss"])
   flops = 3 * forward_flops(task.spec) * batch
-  return run, {"setup_s": round(time.perf_counter() - start, 1), "jax": jax.__version__,
+  return run, sync, {"setup_s": round(time.perf_counter() - start, 1), "jax": jax.__version__,
                "device": jax.devices()[0].device_kind, "train_flops_per_step": flops}
 
 
-def jax_step(name, batch, precision, tf32, attention=""):
+def jax_step(name, batch, precision, tf32, attention="", remat=False):
+  """The benchmark's jitted step of `name`, compiled: (run, sync, facts)."""
   import jax
   import jax.numpy as jnp
 
@@ -101,7 +106,8 @@ def jax_step(name, batch, precision, tf32, attention=""):
   jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
   image, model_fields = model_of(name)
   net = train_speed.jax_unet(model_fields, image[0]).clone(
-      dtype=jnp.bfloat16 if precision == "bf16" else jnp.float32, attention_impl=attention)
+      dtype=jnp.bfloat16 if precision == "bf16" else jnp.float32, attention_impl=attention,
+      remat=remat)
 
   class Float32Out:  # the loss in float32 whatever the compute dtype
     @staticmethod
@@ -122,15 +128,19 @@ def jax_step(name, batch, precision, tf32, attention=""):
 
   def run():
     rng = jax.random.fold_in(jax.random.key(2), state["i"])
-    state["params"], state["opt_state"], loss = compiled(state["params"], state["opt_state"],
-                                                         images, rng)
+    state["params"], state["opt_state"], state["loss"] = compiled(
+        state["params"], state["opt_state"], images, rng)
     state["i"] += 1
-    return float(loss)
-  return run, {"compile_s": round(compile_s, 1), "jax": jax.__version__,
+
+  def sync():
+    return float(state["loss"])
+  return run, sync, {"compile_s": round(compile_s, 1), "jax": jax.__version__,
                "device": jax.devices()[0].device_kind}
 
 
 def torch_step(name, batch, precision, tf32, compiled):
+  """The twin's step of `name`, eager or compiled: (run, sync, facts). On a
+  GPU at its best: channels-last, cuDNN's autotuner, the fused AdamW."""
   import torch
 
   import torch_unet
@@ -139,6 +149,7 @@ def torch_step(name, batch, precision, tf32, compiled):
   device = "cuda" if torch.cuda.is_available() else "cpu"
   torch.backends.cuda.matmul.allow_tf32 = tf32
   torch.backends.cudnn.allow_tf32 = tf32
+  torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN pick its kernels
   image, model_fields = model_of(name)
   torch.manual_seed(0)
   net = torch_unet.UNet(in_channels=image[2], image_size=image[0], **model_fields).to(device)
@@ -151,10 +162,12 @@ def torch_step(name, batch, precision, tf32, compiled):
     if isinstance(value, torch.Tensor):
       setattr(sched, key, value.to(device))
   opt = torch.optim.AdamW(net.parameters(), lr=train_speed.OPTIM["lr"],
-                          weight_decay=train_speed.OPTIM["weight_decay"])
+                          weight_decay=train_speed.OPTIM["weight_decay"],
+                          fused=device == "cuda")
   images = (torch.rand(batch, image[2], image[0], image[1], device=device) * 2 - 1).to(
       memory_format=fmt)
   autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
+  last = {}
 
   def run():
     t = torch.randint(0, sched.num_timesteps, (batch,), device=device)
@@ -168,32 +181,66 @@ def torch_step(name, batch, precision, tf32, compiled):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), train_speed.OPTIM["clip"])
     opt.step()
-    return float(loss)  # blocks
+    last["loss"] = loss.detach()
+
+  def sync():
+    return float(last["loss"])  # blocks
   name_ = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-  return run, {"torch": torch.__version__, "device": name_, "channels_last": device == "cuda",
+  return run, sync, {"torch": torch.__version__, "device": name_, "channels_last": device == "cuda",
                "threads": torch.get_num_threads()}
 
 
+def peak_memory_bytes(side: str):
+  """The device's peak memory in use so far, or None where it is not known."""
+  if side == "jax":
+    import jax
+    return (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+  import torch
+  return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+
 def child(args) -> dict:
+  """One side's figures: `--repeats` rounds of `--steps` steps, each round
+  dispatched without a host sync until its end; the step time is the
+  median round's mean."""
+  from common import gpu_turn
   tf32 = args.tf32 == "on"
   if args.side == "jax" and args.model == "glide_base":
-    run, facts = glide_step(args.batch, args.precision_one, tf32, args.jax_attention)
+    run, sync, facts = glide_step(args.batch, args.precision_one, tf32, args.jax_attention,
+                                  args.remat)
   elif args.side == "jax":
-    run, facts = jax_step(args.model, args.batch, args.precision_one, tf32, args.jax_attention)
-    facts["attention"] = args.jax_attention or "ours"
+    run, sync, facts = jax_step(args.model, args.batch, args.precision_one, tf32,
+                                args.jax_attention, args.remat)
   else:
-    run, facts = torch_step(args.model, args.batch, args.precision_one, tf32,
-                            args.side == "torch_compile")
+    run, sync, facts = torch_step(args.model, args.batch, args.precision_one, tf32,
+                                  args.side == "torch_compile")
+  if args.side == "jax":
+    facts.update(attention=args.jax_attention or "ours", remat=args.remat)
   start = time.perf_counter()
   run()
-  facts["first_step_s"] = round(time.perf_counter() - start, 2)
-  run()
-  times = []
-  for _ in range(args.steps):
-    start = time.perf_counter()
+  sync()
+  facts["first_step_s"] = round(time.perf_counter() - start, 2)  # torch.compile's compile
+  with gpu_turn():
     run()
-    times.append(time.perf_counter() - start)
-  return {**facts, "step_s": statistics.median(times), "times": [round(t, 4) for t in times]}
+    sync()
+    rounds = []
+    for _ in range(args.repeats):
+      start = time.perf_counter()
+      for _ in range(args.steps):
+        run()
+      loss = sync()
+      rounds.append((time.perf_counter() - start) / args.steps)
+    if args.profile and args.side == "jax":
+      import device_profile
+
+      def one_step():
+        run()
+        sync()
+      facts["profile"] = device_profile.summarize(one_step, args.profile)
+  if not math.isfinite(loss):
+    raise FloatingPointError(f"the loss is {loss} after {args.repeats * args.steps + 2} steps")
+  return {**facts, "step_s": statistics.median(rounds), "rounds": [round(t, 4) for t in rounds],
+          "last_loss": round(loss, 4), "peak_memory_bytes": peak_memory_bytes(args.side)}
 
 
 @functools.cache
@@ -215,7 +262,12 @@ def main():
   parser.add_argument("--precision", default="f32")
   parser.add_argument("--sides", default="jax,torch,torch_compile")
   parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=3, help="steps a timed round")
+  parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
+  parser.add_argument("--remat", action="store_true", help="the JAX side rematerializes "
+                      "each ResBlock (model.remat)")
+  parser.add_argument("--profile", type=int, default=0,
+                      help="trace this many JAX steps and sum the device's kernels")
   parser.add_argument("--tf32", default="off", choices=["on", "off"])
   parser.add_argument("--jax_attention", default="", choices=["", "xla", "cudnn"],
                       help="the JAX side's attention (model.attention_impl)")
@@ -237,13 +289,14 @@ def main():
       flops = 3 * train_speed.forward_flops_per_image(fields, image) * args.batch
     for precision in args.precision.split(","):
       row = {"model": model, "precision": precision, "batch": args.batch,
-             "train_flops_per_step": flops}
+             "remat": args.remat, "train_flops_per_step": flops}
       sides = ["jax"] if model == "glide_base" else args.sides.split(",")
       for side in sides:
         cmd = [sys.executable, os.path.abspath(__file__), f"--side={side}",
                f"--model={model}", f"--precision_one={precision}", f"--batch={args.batch}",
-               f"--steps={args.steps}", f"--tf32={args.tf32}",
-               f"--jax_attention={args.jax_attention}"]
+               f"--steps={args.steps}", f"--repeats={args.repeats}", f"--tf32={args.tf32}",
+               f"--jax_attention={args.jax_attention}", f"--profile={args.profile}"]
+        cmd += ["--remat"] if args.remat else []
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
           row[side] = {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}

@@ -1,23 +1,32 @@
 """Images per second of 100-step ancestral sampling with CFG: our sampler
 against a PyTorch sampling loop on the same model.
 
-The model: the benchmark UNet of `train_speed.py` (32x32x3, 8M parameters,
-learned sigma), class-conditional with 10 classes and a null class, random
-weights (the same in both frameworks, through `convert.from_torch`). Each
-step runs the network once on the conditional and unconditional halves
-together (batch 2B) and combines eps at guidance scale 3, as GLIDE does.
+The models (`--model`, those of `fair_train_speed.py`): "fixed", the
+benchmark UNet of `train_speed.py` (32x32x3, 8M parameters), with 10
+classes; "adm64", ADM ImageNet-64's network (296M parameters), with 1000
+classes; "adm64_reduced", the same at 64 channels. Each has a learned sigma
+and a null class, and random weights, the same in both frameworks (through
+`convert.from_torch`). Each step runs the network once on the conditional
+and unconditional halves together (batch 2B) and combines eps at guidance
+scale 3, as GLIDE does. `--precision bf16`: bf16 compute (JAX's
+`model.dtype`, PyTorch's autocast) with float32 weights, on both sides.
 
 - JAX: `Bundle.sample` with method "ddpm", steps "100", guidance 3: the whole
   loop one compiled program. Its first call (compile and run) is timed
   apart from the next calls.
 - PyTorch: a loop written for this benchmark, one network call per step
   (the same CFG, learned-range variance and posterior as ours), eager, and
-  with `torch.compile` on the network (`--torch_compile`).
+  with `torch.compile` on the network; channels-last and cuDNN's autotuner
+  on a GPU.
 
-Each framework runs in its own process. Prints one JSON object.
+Each framework runs in its own process. `step_s` is a sampling step's time
+(a timed call over `--steps`); `images_per_s` is for 100-step sampling, from
+it (a call's cost is linear in its steps: one compiled loop body, or one
+network call a step). Prints one JSON object.
 
-    python benchmarks/sampling_throughput.py [--batches 64,256] [--steps 100] \
-        [--frameworks jax,torch,torch_compile] [--device cpu|cuda]
+    python benchmarks/sampling_throughput.py [--model fixed] [--batches 64,256] \
+        [--steps 100] [--precision f32|bf16] [--frameworks jax,torch,torch_compile] \
+        [--device cpu|cuda] [--jax_attention cudnn]
 """
 from __future__ import annotations
 
@@ -34,88 +43,124 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-NUM_CLASSES = 10
 SCALE = 3.0
+CLASSES = {"fixed": 10, "adm64": 1000, "adm64_reduced": 1000}
+TIMED_OVER = 100  # images_per_s is for sampling with this many steps
 
 
-def config():
+def model_of(name: str):
+  """(image shape, the twin's fields, classes) of a model of fair_train_speed."""
+  import fair_train_speed
+  image, fields = fair_train_speed.model_of(name)
+  return image, fields, CLASSES[name]
+
+
+def config(name: str, precision: str = "f32", attention: str = ""):
+  """Our config of the model `name`, class-conditional with a null class."""
   from diffusion_jax import config_lib
-  from train_speed import MODEL
+  _, fields, _ = model_of(name)
   c = config_lib.base_config()
-  c.model.channels, c.model.channel_mult = MODEL["model_channels"], MODEL["channel_mult"]
-  c.model.num_res_blocks = MODEL["num_res_blocks"]
-  c.model.attention_resolutions = MODEL["attention_resolutions"]
-  c.model.num_heads, c.model.learn_sigma = MODEL["num_heads"], True
+  c.model.channels, c.model.channel_mult = fields["model_channels"], fields["channel_mult"]
+  c.model.num_res_blocks = fields["num_res_blocks"]
+  c.model.attention_resolutions = fields["attention_resolutions"]
+  c.model.num_heads = fields.get("num_heads", 4)
+  c.model.num_head_channels = fields.get("num_head_channels", -1)
+  c.model.learn_sigma = True
+  c.model.dtype = "bfloat16" if precision == "bf16" else "float32"
+  c.model.attention_impl = attention
   c.train.label_dropout = 0.1  # a null class: CFG
   c.diffusion.schedule = "cosine"
   return c
 
 
-def torch_weights(device: str):
-  """The twin with random weights (output convs perturbed), and its state_dict."""
+def torch_weights(name: str, device: str):
+  """The twin of `name` with random weights (output convs perturbed), and its
+  state_dict."""
   import torch
 
   import torch_unet
-  from train_speed import IMAGE, MODEL
+  image, fields, classes = model_of(name)
   torch.manual_seed(0)
-  net = torch_unet.UNet(in_channels=3, image_size=IMAGE[0], num_classes=NUM_CLASSES + 1,
-                        **MODEL)
+  net = torch_unet.UNet(in_channels=image[2], image_size=image[0], num_classes=classes + 1,
+                        **fields)
   with torch.no_grad():
     for p in net.parameters():
       p.add_(0.02 * torch.randn_like(p))
   return net.to(device).eval(), {k: v.cpu().numpy() for k, v in net.state_dict().items()}
 
 
-def run_jax(batch: int, steps: int, repeats: int) -> dict:
+def run_jax(name: str, batch: int, steps: int, repeats: int, precision: str,
+            attention: str) -> dict:
   import jax
 
-  from diffusion_jax.data.pipeline import DatasetInfo
+  from common import gpu_turn
+  from diffusion_jax.data.info import DatasetInfo
   from diffusion_jax.inference import loading
   from diffusion_jax.inference.spec import make_spec
   from diffusion_jax.models import convert
-  c = config()
-  spec = make_spec(c, DatasetInfo(32, 3, NUM_CLASSES, 0))
-  _, state_dict = torch_weights("cpu")
+  image, _, classes = model_of(name)
+  info = DatasetInfo(image[0], image[2], classes, 0)
+  c = config(name, precision, attention)
+  spec = make_spec(c, info)
+  _, state_dict = torch_weights(name, "cpu")
   params = convert.from_torch(state_dict, jax.eval_shape(spec.init_params,
                                                          jax.random.PRNGKey(0)))
-  bundle = loading.Bundle(c, jax.tree.map(jax.numpy.asarray, params), spec,
-                          DatasetInfo(32, 3, NUM_CLASSES, 0), 0, 0.0)
-  labels = list(np.arange(batch) % NUM_CLASSES)
+  bundle = loading.Bundle(c, jax.tree.map(jax.numpy.asarray, params), spec, info, 0, 0.0)
+  labels = list(np.arange(batch) % classes)
   settings = dict(labels=labels, method="ddpm", steps=str(steps), guidance_scale=SCALE)
   start = time.perf_counter()
   bundle.sample(**settings, seed=0)
   first = time.perf_counter() - start
+  with gpu_turn():
+    times = timed_calls(lambda seed: bundle.sample(**settings, seed=seed), repeats)
+  return {"first_call_s": round(first, 2), "sample_s": times,
+          "attention": attention or "ours"}
+
+
+def timed_calls(sample, repeats: int) -> list[float]:
+  """Seconds of `repeats` calls of the blocking `sample(seed)`, after one
+  untimed call (cuDNN's autotuner, a lazily compiled piece)."""
+  sample(1)
   times = []
   for i in range(repeats):
     start = time.perf_counter()
-    bundle.sample(**settings, seed=i + 1)
-    times.append(time.perf_counter() - start)
-  return {"first_call_s": round(first, 2), "sample_s": [round(t, 3) for t in times]}
+    sample(i + 2)
+    times.append(round(time.perf_counter() - start, 4))
+  return times
 
 
-def run_torch(batch: int, steps: int, repeats: int, device: str, compiled: bool) -> dict:
+def run_torch(name: str, batch: int, steps: int, repeats: int, device: str, compiled: bool,
+              precision: str) -> dict:
   import torch
 
+  from common import gpu_turn
   from diffusion_jax import schedules
-  net, _ = torch_weights(device)
+  torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN pick its kernels
+  image, _, classes = model_of(name)
+  net, _ = torch_weights(name, device)
+  fmt = torch.channels_last if device == "cuda" else torch.contiguous_format
+  net = net.to(memory_format=fmt)
   model = torch.compile(net) if compiled else net
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
   sched = schedules.respace(schedules.make_schedule("cosine", 1000), str(steps))
   coef = {name: torch.tensor(np.asarray(getattr(sched, name)), device=device)
           for name in ("betas", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
                        "posterior_mean_coef1", "posterior_mean_coef2",
                        "posterior_log_variance_clipped")}
   original = torch.tensor(np.asarray(sched.timesteps), device=device)
-  labels = torch.arange(batch, device=device) % NUM_CLASSES
-  y = torch.cat([labels, torch.full_like(labels, NUM_CLASSES)])
+  labels = torch.arange(batch, device=device) % classes
+  y = torch.cat([labels, torch.full_like(labels, classes)])
 
   @torch.no_grad()
   def sample(seed):
     generator = torch.Generator(device).manual_seed(seed)
-    x = torch.randn(batch, 3, 32, 32, device=device, generator=generator)
+    x = torch.randn(batch, image[2], image[0], image[1], device=device,
+                    generator=generator).to(memory_format=fmt)
     for i in reversed(range(steps)):
       t = original[i].expand(2 * batch)
-      out = model(torch.cat([x, x]), t, y)
-      eps_all, v_all = out[:, :3], out[:, 3:]
+      with autocast:
+        out = model(torch.cat([x, x]), t, y).float()
+      eps_all, v_all = out[:, :image[2]], out[:, image[2]:]
       cond, uncond = eps_all.chunk(2)
       eps = uncond + SCALE * (cond - uncond)
       frac = (v_all[:batch] + 1) / 2  # learned range, from the conditional half
@@ -131,28 +176,32 @@ def run_torch(batch: int, steps: int, repeats: int, device: str, compiled: bool)
     return x
 
   start = time.perf_counter()
-  sample(0)
+  x = sample(0)
   first = time.perf_counter() - start
-  times = []
-  for i in range(repeats):
-    start = time.perf_counter()
-    sample(i + 1)
-    times.append(time.perf_counter() - start)
-  return {"first_call_s": round(first, 2), "sample_s": [round(t, 3) for t in times],
-          "torch": torch.__version__, "threads": torch.get_num_threads()}
+  with gpu_turn():
+    times = timed_calls(sample, repeats)
+  if not torch.isfinite(x).all():
+    raise FloatingPointError("the samples are not finite")
+  return {"first_call_s": round(first, 2), "sample_s": times,
+          "torch": torch.__version__, "threads": torch.get_num_threads(),
+          "channels_last": fmt == torch.channels_last}
 
 
 def child(args) -> dict:
   if args.child == "jax":
-    return run_jax(args.batch, args.steps, args.repeats)
-  return run_torch(args.batch, args.steps, args.repeats, args.device,
-                   args.child == "torch_compile")
+    return run_jax(args.model, args.batch, args.steps, args.repeats, args.precision,
+                   args.jax_attention)
+  return run_torch(args.model, args.batch, args.steps, args.repeats, args.device,
+                   args.child == "torch_compile", args.precision)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="fixed", choices=sorted(CLASSES))
+  parser.add_argument("--precision", default="f32", choices=["f32", "bf16"])
+  parser.add_argument("--jax_attention", default="", choices=["", "xla", "cudnn"])
   parser.add_argument("--batches", default="64,256")
-  parser.add_argument("--steps", type=int, default=100)
+  parser.add_argument("--steps", type=int, default=100, help="steps of a timed call")
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--frameworks", default="jax,torch,torch_compile")
   parser.add_argument("--device", default="cpu", help="the PyTorch device: cpu or cuda")
@@ -170,24 +219,28 @@ def main():
     for framework in args.frameworks.split(","):
       cmd = [sys.executable, os.path.abspath(__file__), f"--child={framework}",
              f"--batch={batch}", f"--steps={args.steps}", f"--repeats={args.repeats}",
-             f"--device={args.device}"]
+             f"--device={args.device}", f"--model={args.model}",
+             f"--precision={args.precision}", f"--jax_attention={args.jax_attention}"]
       done = subprocess.run(cmd, capture_output=True, text=True)
       if done.returncode:
         row[framework] = {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
         continue
       result = json.loads(done.stdout.strip().splitlines()[-1])
-      result["images_per_s"] = round(batch / min(result["sample_s"]), 2)
+      result["step_s"] = round(min(result["sample_s"]) / args.steps, 5)
+      result["images_per_s"] = round(batch / (TIMED_OVER * result["step_s"]), 2)
       row[framework] = result
       print(json.dumps({"batch": batch, framework: result}), file=sys.stderr, flush=True)
-    torch_best = [row[f]["images_per_s"] for f in ("torch", "torch_compile")
-                  if "images_per_s" in row.get(f, {})]
-    if "images_per_s" in row.get("jax", {}) and torch_best:
-      row["jax_over_best_torch_time"] = round(max(torch_best) / row["jax"]["images_per_s"], 3)
+    torch_best = [row[f]["step_s"] for f in ("torch", "torch_compile")
+                  if "step_s" in row.get(f, {})]
+    if "step_s" in row.get("jax", {}) and torch_best:
+      row["jax_over_best_torch_time"] = round(row["jax"]["step_s"] / min(torch_best), 3)
     results.append(row)
   report = {"benchmark": "sampling_throughput", "environment": environment(),
-            "config": {"model": "train_speed.MODEL, 32x32, 10 classes + null",
-                       "steps": args.steps, "method": "ddpm", "guidance_scale": SCALE,
-                       "variance": "learned_range"}, "results": results}
+            "config": {"model": args.model, "classes": CLASSES[args.model],
+                       "precision": args.precision, "timed_steps": args.steps,
+                       "images_per_s_for_steps": TIMED_OVER, "method": "ddpm",
+                       "guidance_scale": SCALE, "variance": "learned_range"},
+            "results": results}
   emit(report, args.out)
 
 
