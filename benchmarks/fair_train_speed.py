@@ -55,10 +55,16 @@ PEAKS = {"H100": {"bf16": 989e12, "tf32": 495e12, "f32": 67e12},
          "A100": {"bf16": 312e12, "tf32": 156e12, "f32": 19.5e12}}
 
 
-def model_of(name):
+def model_of(name, attention_resolutions=""):
+  """(image shape, the UNet's fields) of `name`; attention_resolutions "16,8"
+  overrides where it attends ("none": nowhere but the middle block)."""
   import train_speed
   image, model = MODELS[name]
-  return image, (train_speed.MODEL if model is None else model)
+  model = dict(train_speed.MODEL if model is None else model)
+  if attention_resolutions:
+    model["attention_resolutions"] = tuple(
+        int(r) for r in attention_resolutions.split(",") if r != "none")
+  return image, model
 
 
 def glide_step(batch, precision, tf32, attention="", remat=False):
@@ -96,7 +102,7 @@ def glide_step(batch, precision, tf32, attention="", remat=False):
                "device": jax.devices()[0].device_kind, "train_flops_per_step": flops}
 
 
-def jax_step(name, batch, precision, tf32, attention="", remat=False):
+def jax_step(name, batch, precision, tf32, attention="", remat=False, attend_at=""):
   """The benchmark's jitted step of `name`, compiled: (run, sync, facts)."""
   import jax
   import jax.numpy as jnp
@@ -104,7 +110,7 @@ def jax_step(name, batch, precision, tf32, attention="", remat=False):
   import train_speed
   from diffusion_jax import platform, schedules
   jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
-  image, model_fields = model_of(name)
+  image, model_fields = model_of(name, attend_at)
   net = train_speed.jax_unet(model_fields, image[0]).clone(
       dtype=jnp.bfloat16 if precision == "bf16" else jnp.float32, attention_impl=attention,
       remat=remat)
@@ -138,7 +144,7 @@ def jax_step(name, batch, precision, tf32, attention="", remat=False):
                "device": jax.devices()[0].device_kind}
 
 
-def torch_step(name, batch, precision, tf32, compiled):
+def torch_step(name, batch, precision, tf32, compiled, attend_at=""):
   """The twin's step of `name`, eager or compiled: (run, sync, facts). On a
   GPU at its best: channels-last, cuDNN's autotuner, the fused AdamW."""
   import torch
@@ -150,7 +156,7 @@ def torch_step(name, batch, precision, tf32, compiled):
   torch.backends.cuda.matmul.allow_tf32 = tf32
   torch.backends.cudnn.allow_tf32 = tf32
   torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN pick its kernels
-  image, model_fields = model_of(name)
+  image, model_fields = model_of(name, attend_at)
   torch.manual_seed(0)
   net = torch_unet.UNet(in_channels=image[2], image_size=image[0], **model_fields).to(device)
   fmt = torch.channels_last if device == "cuda" else torch.contiguous_format
@@ -210,10 +216,10 @@ def child(args) -> dict:
                                   args.remat)
   elif args.side == "jax":
     run, sync, facts = jax_step(args.model, args.batch, args.precision_one, tf32,
-                                args.jax_attention, args.remat)
+                                args.jax_attention, args.remat, args.attention_resolutions)
   else:
     run, sync, facts = torch_step(args.model, args.batch, args.precision_one, tf32,
-                                  args.side == "torch_compile")
+                                  args.side == "torch_compile", args.attention_resolutions)
   if args.side == "jax":
     facts.update(attention=args.jax_attention or "ours", remat=args.remat)
   start = time.perf_counter()
@@ -264,6 +270,8 @@ def main():
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--steps", type=int, default=3, help="steps a timed round")
   parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
+  parser.add_argument("--attention_resolutions", default="",
+                      help='where both sides attend, e.g. "16,8" (default: the model\'s)')
   parser.add_argument("--remat", action="store_true", help="the JAX side rematerializes "
                       "each ResBlock (model.remat)")
   parser.add_argument("--profile", type=int, default=0,
@@ -283,13 +291,15 @@ def main():
   from common import emit, environment
   rows = []
   for model in args.models.split(","):
-    flops = None
+    flops, attends = None, None
     if model != "glide_base":  # its FLOPs come from the run (XLA's count)
-      image, fields = model_of(model)
+      image, fields = model_of(model, args.attention_resolutions)
       flops = 3 * train_speed.forward_flops_per_image(fields, image) * args.batch
+      attends = list(fields["attention_resolutions"])
     for precision in args.precision.split(","):
       row = {"model": model, "precision": precision, "batch": args.batch,
-             "remat": args.remat, "train_flops_per_step": flops}
+             "remat": args.remat, "attention_resolutions": attends,
+             "train_flops_per_step": flops}
       sides = ["jax"] if model == "glide_base" else args.sides.split(",")
       for side in sides:
         cmd = [sys.executable, os.path.abspath(__file__), f"--side={side}",
@@ -297,6 +307,7 @@ def main():
                f"--steps={args.steps}", f"--repeats={args.repeats}", f"--tf32={args.tf32}",
                f"--jax_attention={args.jax_attention}", f"--profile={args.profile}"]
         cmd += ["--remat"] if args.remat else []
+        cmd += [f"--attention_resolutions={args.attention_resolutions}"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
           row[side] = {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
