@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import (
+  FAST_COMPILE,
   QUICK,
   ROOT,
   RUN,
@@ -161,7 +162,7 @@ def test_a_full_disk_stops_the_run_with_74_and_keeps_the_last_checkpoint(tmp_pat
   flags = " ".join([QUICK, *RUN, "--config.train.num_steps=40"]).replace("()", "'()'")
   env = dict(os.environ, MNT=str(mnt), OUT=str(out), PYTHON=sys.executable,
              DIFFUSION_JAX_DATA_DIR=data_dir(), JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+             XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {FAST_COMPILE}")
   subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c",
                   FULL_DISK.format(flags=flags)], cwd=ROOT, env=env, timeout=600, check=True)
   status = dict(line.split("=") for line in (out / "status.txt").read_text().split())
