@@ -6,7 +6,10 @@ returns, per call: the wall time, the time the device was busy (the union of
 its kernels' intervals: the rest is launch gaps and host waits), and the
 kernels' time by kind (attention, convolution, matmul, copy, other fusions)
 and by name (the top 25). On a CPU, where XLA runs ops on host threads, the
-ops' own events are summed instead.
+events that name their HLO op are summed instead. That undercounts: in a
+jax 0.10.2 trace of adm64_reduced's step, Eigen's convolutions ran on
+threads of their own without that name (0.1 s of convolutions counted in a
+14 s step), so a CPU summary says where XLA's own ops spend their time.
 """
 from __future__ import annotations
 

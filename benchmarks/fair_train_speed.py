@@ -19,9 +19,14 @@ Sides, each in its own process:
   loss in float32) for `--precision bf16`.
 
 TF32 is set the same way on both sides (`--tf32`): JAX's default matmul
-precision and PyTorch's `allow_tf32` flags. Per run: images/s, the analytic
-FLOPs of a step (3 forward passes), and MFU against the device's peak for
-the precision (`PEAKS`; on a CPU its measured float32 matmul throughput).
+precision and PyTorch's `allow_tf32` flags. Each side times `--repeats`
+rounds of `--steps` steps, dispatched with no host sync until a round's end.
+Per run: images/s, the analytic FLOPs of a step (3 forward passes), MFU
+against the device's peak for the precision (`PEAKS`; on a CPU its measured
+float32 matmul throughput), the device's peak memory, and with `--profile N`
+the kernels of N traced JAX steps by kind (`device_profile.py`). `--remat`
+rematerializes each ResBlock on the JAX side; `--attention_resolutions`
+moves attention on both.
 
     python benchmarks/fair_train_speed.py --models fixed,adm64_reduced --batch 16 \
         [--precision f32,bf16] [--sides jax,torch,torch_compile] [--tf32 on|off]
@@ -98,8 +103,9 @@ def glide_step(batch, precision, tf32, attention="", remat=False):
   def sync():
     return float(holder["metrics"]["loss"])
   flops = 3 * forward_flops(task.spec) * batch
-  return run, sync, {"setup_s": round(time.perf_counter() - start, 1), "jax": jax.__version__,
-               "device": jax.devices()[0].device_kind, "train_flops_per_step": flops}
+  return run, sync, {"setup_s": round(time.perf_counter() - start, 1),
+                     "jax": jax.__version__, "device": jax.devices()[0].device_kind,
+                     "train_flops_per_step": flops}
 
 
 def jax_step(name, batch, precision, tf32, attention="", remat=False, attend_at=""):
@@ -141,7 +147,7 @@ def jax_step(name, batch, precision, tf32, attention="", remat=False, attend_at=
   def sync():
     return float(state["loss"])
   return run, sync, {"compile_s": round(compile_s, 1), "jax": jax.__version__,
-               "device": jax.devices()[0].device_kind}
+                     "device": jax.devices()[0].device_kind}
 
 
 def torch_step(name, batch, precision, tf32, compiled, attend_at=""):
