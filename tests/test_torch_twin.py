@@ -44,7 +44,7 @@ def test_same_parameters_and_outputs(twins):
       p.numel() for p in net.parameters())
   x = np.random.RandomState(0).randn(2, 32, 32, 3).astype(np.float32)
   t = np.array([0, 999])
-  out = np.asarray(model.apply({"params": params}, x, t))  # [B, H, W, 6]
+  out = np.asarray(jax.jit(model.apply)({"params": params}, x, t))  # [B, H, W, 6]
   with torch.no_grad():
     expected = net(nchw(x), torch.from_numpy(t)).numpy().transpose(0, 2, 3, 1)
   np.testing.assert_allclose(out, expected, atol=1e-4 * np.abs(expected).max(), rtol=1e-4)
@@ -65,10 +65,37 @@ def test_class_labels_too():
   params = convert.from_torch({k: v.numpy() for k, v in net.state_dict().items()}, shapes)
   x = np.random.RandomState(0).randn(2, 16, 16, 3).astype(np.float32)
   t, y = np.array([5, 900]), np.array([0, 4])
-  out = np.asarray(model.apply({"params": params}, x, t, y=y))
+  out = np.asarray(jax.jit(model.apply)({"params": params}, x, t, y=y))
   with torch.no_grad():
     expected = net(nchw(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
   np.testing.assert_allclose(out, expected.transpose(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
+
+
+def test_the_adm64_architecture_too():
+  """ADM ImageNet-64's layout (fair_train_speed.ADM64: four levels, three
+  ResBlocks a level, attention at three resolutions, 64 channels a head) at
+  32 channels on 16x16 images: the GPU suite's comparison is like with like."""
+  import fair_train_speed
+  torch.manual_seed(2)
+  fields = dict(fair_train_speed.ADM64, model_channels=32, num_head_channels=16,
+                attention_resolutions=(8, 4, 2))
+  net = torch_unet.UNet(in_channels=3, image_size=16, num_classes=7, **fields)
+  with torch.no_grad():
+    for p in net.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  model = train_speed.jax_unet(dict(fields, num_classes=7), image_size=16)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
+                          jnp.zeros(1, jnp.int32), y=jnp.zeros(1, jnp.int32))["params"]
+  params = convert.from_torch({k: v.numpy() for k, v in net.state_dict().items()}, shapes)
+  assert sum(p.size for p in jax.tree.leaves(params)) == sum(
+      p.numel() for p in net.parameters())
+  x = np.random.RandomState(3).randn(2, 16, 16, 3).astype(np.float32)
+  t, y = np.array([3, 700]), np.array([1, 6])
+  out = np.asarray(jax.jit(model.apply)({"params": params}, x, t, y=y))
+  with torch.no_grad():
+    expected = net(nchw(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
+  np.testing.assert_allclose(out, expected.transpose(0, 2, 3, 1),
+                             atol=1e-4 * np.abs(expected).max(), rtol=1e-4)
 
 
 def test_same_parameter_gradients(twins):
@@ -78,7 +105,7 @@ def test_same_parameter_gradients(twins):
   rs = np.random.RandomState(2)
   x, up = rs.randn(2, 32, 32, 3).astype(np.float32), rs.randn(2, 32, 32, 6).astype(np.float32)
   t = np.array([10, 600])
-  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x, t) * up))(params)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x, t) * up)))(params)
   net.zero_grad()
   (net(nchw(x), torch.from_numpy(t)) * nchw(up)).sum().backward()
   expected = convert.from_torch({k: p.grad.numpy() for k, p in net.named_parameters()},
