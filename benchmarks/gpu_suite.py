@@ -232,7 +232,7 @@ class Suite:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default="benchmarks/results/gpu")
+  parser.add_argument("--out", default="runs/gpu")
   parser.add_argument("--slots", type=int, default=3)
   parser.add_argument("--deadline", type=float, default=440.0, help="seconds")
   parser.add_argument("--only", default="", help="comma-separated job names")
