@@ -88,17 +88,23 @@ JOBS = [
 ]
 
 
+# A dry run's replacements: whole flags, then flags by name (any value).
+DRY_FLAGS = {"--models=adm64": "--models=adm64_reduced", "--model=adm64": "--model=adm64_reduced",
+             "--models=glide_base": "--models=fixed", "--device=cuda": "--device=cpu",
+             "--jax_attention=cudnn": "--jax_attention=xla"}
+DRY_VALUES = {"--batch": "2", "--batches": "2", "--steps": "2", "--repeats": "1",
+              "--kinds": "64x64_diffusion"}
+
+
+def dry_flag(flag: str) -> str:
+  flag = DRY_FLAGS.get(flag, flag)
+  name = flag.split("=")[0]
+  return f"{name}={DRY_VALUES[name]}" if name in DRY_VALUES else flag
+
+
 def dry_run(job: Job) -> Job:
   """The job at CPU sizes: the reduced ADM, batch 2, two steps a round."""
-  swaps = {"--models=adm64": "--models=adm64_reduced", "--model=adm64": "--model=adm64_reduced",
-           "--device=cuda": "--device=cpu", "--jax_attention=cudnn": "--jax_attention=xla"}
-  argv = [swaps.get(a, a) for a in job.argv]
-  argv = [("--batch=2" if a.startswith("--batch=") else "--batches=2"
-           if a.startswith("--batches=") else "--steps=2" if a.startswith("--steps=")
-           else "--repeats=1" if a.startswith("--repeats=") else
-           "--kinds=64x64_diffusion" if a.startswith("--kinds=") else a) for a in argv]
-  if "--models=glide_base" in argv:
-    argv = [a for a in argv if a != "--models=glide_base"] + ["--models=fixed"]
+  argv = [dry_flag(a) for a in job.argv]
   return dataclasses.replace(job, argv=argv)
 
 

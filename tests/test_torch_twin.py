@@ -22,20 +22,39 @@ def nchw(a):
   return torch.from_numpy(np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2)))
 
 
-@pytest.fixture(scope="module")
-def twins():
-  """The benchmark's UNet in both frameworks with the same random weights
-  (the zero-initialised output convs perturbed so every layer matters)."""
-  torch.manual_seed(0)
-  net = torch_unet.UNet(in_channels=3, image_size=32, **train_speed.MODEL)
+def make_twins(fields, image_size, seed, classes=None):
+  """(twin, our UNet, our params) of `fields` with the same random weights
+  (the zero-initialised output convs perturbed so every layer matters);
+  class-conditional with `classes`."""
+  torch.manual_seed(seed)
+  net = torch_unet.UNet(in_channels=3, image_size=image_size, num_classes=classes, **fields)
   with torch.no_grad():
     for p in net.parameters():
       p.add_(0.05 * torch.randn_like(p))
-  state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
-  model = train_speed.jax_unet()
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                          jnp.zeros(1, jnp.int32))["params"]
-  return net, model, convert.from_torch(state_dict, shapes)
+  model = train_speed.jax_unet(dict(fields, num_classes=classes) if classes else fields,
+                               image_size=image_size)
+  labels = {"y": jnp.zeros(1, jnp.int32)} if classes else {}
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, image_size, image_size, 3)), jnp.zeros(1, jnp.int32),
+                          **labels)["params"]
+  params = convert.from_torch({k: v.numpy() for k, v in net.state_dict().items()}, shapes)
+  return net, model, params
+
+
+def labelled_outputs(twins, seed, t, y):
+  """(ours, the twin's) outputs NHWC on random 16x16 images with labels y."""
+  net, model, params = twins
+  x = np.random.RandomState(seed).randn(2, 16, 16, 3).astype(np.float32)
+  ours = np.asarray(jax.jit(model.apply)({"params": params}, x, t, y=y))
+  with torch.no_grad():
+    theirs = net(nchw(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
+  return ours, theirs.transpose(0, 2, 3, 1)
+
+
+@pytest.fixture(scope="module")
+def twins():
+  """The benchmark's UNet in both frameworks with the same random weights."""
+  return make_twins(train_speed.MODEL, 32, seed=0)
 
 
 def test_same_parameters_and_outputs(twins):
@@ -53,22 +72,10 @@ def test_same_parameters_and_outputs(twins):
 def test_class_labels_too():
   """The class-conditional twin (the sampling benchmark's CFG model): its
   `label_emb` loads as ours, and the labels change the output the same way."""
-  torch.manual_seed(1)
   small = dict(train_speed.MODEL, model_channels=32, attention_resolutions=(8,))
-  net = torch_unet.UNet(in_channels=3, image_size=16, num_classes=5, **small)
-  with torch.no_grad():
-    for p in net.parameters():
-      p.add_(0.05 * torch.randn_like(p))
-  model = train_speed.jax_unet(dict(small, num_classes=5), image_size=16)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
-                          jnp.zeros(1, jnp.int32), y=jnp.zeros(1, jnp.int32))["params"]
-  params = convert.from_torch({k: v.numpy() for k, v in net.state_dict().items()}, shapes)
-  x = np.random.RandomState(0).randn(2, 16, 16, 3).astype(np.float32)
-  t, y = np.array([5, 900]), np.array([0, 4])
-  out = np.asarray(jax.jit(model.apply)({"params": params}, x, t, y=y))
-  with torch.no_grad():
-    expected = net(nchw(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
-  np.testing.assert_allclose(out, expected.transpose(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
+  ours, theirs = labelled_outputs(make_twins(small, 16, seed=1, classes=5), 0,
+                                  np.array([5, 900]), np.array([0, 4]))
+  np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
 def test_the_adm64_architecture_too():
@@ -76,26 +83,13 @@ def test_the_adm64_architecture_too():
   ResBlocks a level, attention at three resolutions, 64 channels a head) at
   32 channels on 16x16 images: the GPU suite's comparison is like with like."""
   import fair_train_speed
-  torch.manual_seed(2)
   fields = dict(fair_train_speed.ADM64, model_channels=32, num_head_channels=16,
                 attention_resolutions=(8, 4, 2))
-  net = torch_unet.UNet(in_channels=3, image_size=16, num_classes=7, **fields)
-  with torch.no_grad():
-    for p in net.parameters():
-      p.add_(0.05 * torch.randn_like(p))
-  model = train_speed.jax_unet(dict(fields, num_classes=7), image_size=16)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
-                          jnp.zeros(1, jnp.int32), y=jnp.zeros(1, jnp.int32))["params"]
-  params = convert.from_torch({k: v.numpy() for k, v in net.state_dict().items()}, shapes)
+  net, model, params = adm = make_twins(fields, 16, seed=2, classes=7)
   assert sum(p.size for p in jax.tree.leaves(params)) == sum(
       p.numel() for p in net.parameters())
-  x = np.random.RandomState(3).randn(2, 16, 16, 3).astype(np.float32)
-  t, y = np.array([3, 700]), np.array([1, 6])
-  out = np.asarray(jax.jit(model.apply)({"params": params}, x, t, y=y))
-  with torch.no_grad():
-    expected = net(nchw(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
-  np.testing.assert_allclose(out, expected.transpose(0, 2, 3, 1),
-                             atol=1e-4 * np.abs(expected).max(), rtol=1e-4)
+  ours, theirs = labelled_outputs(adm, 3, np.array([3, 700]), np.array([1, 6]))
+  np.testing.assert_allclose(ours, theirs, atol=1e-4 * np.abs(theirs).max(), rtol=1e-4)
 
 
 def test_same_parameter_gradients(twins):
