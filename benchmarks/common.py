@@ -8,10 +8,9 @@ import platform
 import subprocess
 import time
 
-import jax
-
 
 def environment() -> dict:
+  import jax  # here, so that a job needing only `gpu_turn` starts in milliseconds
   device = jax.devices()[0]
   try:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
