@@ -260,3 +260,16 @@ def classifier_workdir(tmp_path_factory):
                         **{"data.name": "digits/16", "data.image_size": 8})
   loop.train_and_evaluate(config, str(workdir))
   return workdir
+
+
+# Fixtures of 10-40 s that a few tests share: pytest.ini's `--dist loadgroup`
+# runs the tests using one of them on one xdist worker, so it is built once,
+# not once per worker (fsdp_runs and text_bundle were built twice: 60 s).
+ONE_WORKER_FIXTURES = ("fsdp_runs", "text_bundle", "classifier_workdir")
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    shared = [name for name in ONE_WORKER_FIXTURES if name in item.fixturenames]
+    if shared:
+      item.add_marker(pytest.mark.xdist_group(shared[0]))
