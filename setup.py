@@ -43,7 +43,9 @@ setup(
     extras_require={
         # ruff: the linter CI runs (ruff.toml); pinned, as its rules move.
         # nbclient and ipykernel: the tests run every notebook (tests/test_notebooks.py).
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "scipy>=1.11", "ruff>=0.17,<0.18",
+        # pytest<9.2: its node ids drop the groups of xdist's --dist loadgroup
+        # (pytest-xdist#1386), and shared fixtures get built once per worker.
+        "test": ["pytest>=8,<9.2", "pytest-xdist>=3.5", "scipy>=1.11", "ruff>=0.17,<0.18",
                  "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
         "notebooks": ["jupyter", "nbclient>=0.10", "ipykernel>=6.29"],
         # The PyTorch twin of the training benchmark; 2.13.0 is a CPU build.
