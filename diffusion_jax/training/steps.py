@@ -171,7 +171,7 @@ def guard_nonfinite(state: TrainState, updated: TrainState, finite) -> TrainStat
   (params, optimizer state and EMA untouched) and the skip counted.
 
   One `lax.cond` over the whole state, not a `where` per array: the quick
-  model's train step has ~700 state arrays, and the wheres made up a sixth of
+  model's train step has ~590 state arrays, and the wheres made up a sixth of
   its compile time (benchmarks/README.md)."""
   kept = jax.lax.cond(finite, lambda: updated, lambda: state)
   streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
