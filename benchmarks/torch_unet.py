@@ -27,7 +27,8 @@ from torch import nn
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0):
   """[B] timesteps -> [B, dim]: cos(t f_i) then sin(t f_i), f_i = P^(-i/half)."""
   half = dim // 2
-  freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+  freqs = torch.exp(-math.log(max_period)
+                   * torch.arange(half, dtype=torch.float32, device=t.device) / half)
   args = t.float()[:, None] * freqs[None]
   return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -231,7 +232,7 @@ def make_torch_step(model: UNet, schedule: CosineSchedule, lr=1e-4, weight_decay
   opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
   def step(x0):
-    t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],))
+    t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), device=x0.device)
     noise = torch.randn_like(x0)
     x_t = (schedule.at("sqrt_alphas_cumprod", t) * x0
            + schedule.at("sqrt_one_minus_alphas_cumprod", t) * noise)
