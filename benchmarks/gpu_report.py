@@ -1,6 +1,9 @@
 """The tables of a `gpu_suite.py` run, in markdown, for benchmarks/README.md.
 
-    python benchmarks/gpu_report.py benchmarks/results/gpu_suite_h200.json
+    python benchmarks/gpu_report.py benchmarks/results/gpu_suite_h200.json [RERUN.json ...]
+
+Later files are reruns (`gpu_suite.py --only ...`): each job they ran, finished
+or not, replaces the job of the same name in the files before them.
 """
 from __future__ import annotations
 
@@ -91,11 +94,24 @@ def profile_rows(report: dict) -> list:
   return rows
 
 
+def merged(reports: list) -> dict:
+  """The first report, with each job a later one ran put in its place (and
+  no longer counted as not started)."""
+  report = {**reports[0], "jobs": dict(reports[0]["jobs"]),
+            "not_started": list(reports[0]["not_started"])}
+  for rerun in reports[1:]:
+    for name, entry in rerun["jobs"].items():
+      report["jobs"][name] = entry
+      if name in report["not_started"]:
+        report["not_started"].remove(name)
+  return report
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("suite", help="a gpu_suite.py suite.json")
+  parser.add_argument("suites", nargs="+", help="gpu_suite.py suite.json files, reruns last")
   args = parser.parse_args()
-  report = json.loads(pathlib.Path(args.suite).read_text())
+  report = merged([json.loads(pathlib.Path(path).read_text()) for path in args.suites])
   facts = (report["jobs"].get("facts") or {}).get("result", {})
   env = facts.get("environment", {})
   print(f"{facts.get('nvidia_smi')}; jax {env.get('jax')}, flax {env.get('flax')}, "

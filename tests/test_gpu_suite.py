@@ -90,3 +90,17 @@ def test_a_traced_step_is_summed_by_kind():
   assert 0 < summary["busy_ms_per_call"] <= summary["kernel_ms_per_call"] + 1e-3
   assert abs(sum(summary["by_kind_ms"].values()) - summary["kernel_ms_per_call"]) < 0.01
   assert sum(k["share"] for k in summary["top_kernels"]) <= 1.0001
+
+
+def test_a_rerun_replaces_the_jobs_it_ran():
+  import gpu_report
+  first = {"jobs": {"a": {"outcome": "done", "result": 1},
+                    "b": {"outcome": "done", "result": {"error": "cuda:0 and cpu"}},
+                    "c": {"outcome": "done", "result": 3}},
+           "not_started": ["d"]}
+  rerun = {"jobs": {"b": {"outcome": "stopped at the deadline", "result": None},
+                    "d": {"outcome": "done", "result": 4}}, "not_started": []}
+  report = gpu_report.merged([first, rerun])
+  assert {n: e["result"] for n, e in report["jobs"].items()} == {"a": 1, "b": None, "c": 3,
+                                                                 "d": 4}
+  assert report["not_started"] == [] and first["not_started"] == ["d"]  # first untouched
