@@ -111,6 +111,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("suites", nargs="+", help="gpu_suite.py suite.json files, reruns last")
   args = parser.parse_args()
+  missing = [path for path in args.suites if not pathlib.Path(path).is_file()]
+  if missing:
+    parser.error(f"no such suite.json: {', '.join(missing)}")
   report = merged([json.loads(pathlib.Path(path).read_text()) for path in args.suites])
   facts = (report["jobs"].get("facts") or {}).get("result", {})
   env = facts.get("environment", {})
