@@ -37,12 +37,15 @@ def test_eval_measures_samples_and_real_images_against_themselves(tmp_path, trai
   assert result["num_samples"] == 16 and result["num_reference"] == 64
   assert result["fd"] > 1 and 0 <= result["precision"] <= 1 and 0 <= result["class_accuracy"] <= 1
   assert np.isfinite(result["bpd"]) and result["bpd"] > 0 and result["bpd_images"] == 8
+  # A model of 4 steps draws noise, which the residual-noise measure flags.
+  assert result["residual_noise"] == 1.0 and result["residual_noise_threshold"] > 0.1
   assert path.with_suffix(".png").exists()
   copy = eval_config(tmp_path, **reference, **{"eval.samples": str(tmp_path / "real.npz")})
   same = json.loads(eval_mode.run(copy, str(trained_workdir)).read_text())
   # 64 images in 128 dimensions: a singular covariance, whose square root
   # leaves a rounding residue.
   assert abs(same["fd"]) < 1e-3 and same["precision"] == same["recall"] == 1.0
+  assert same["residual_noise"] == 0.0
 
 
 def test_eval_errors_are_one_line(tmp_path, trained_workdir, classifier_workdir):

@@ -204,6 +204,10 @@ def run(config, workdir: str, model: Optional[str] = None) -> pathlib.Path:
   fake = _features(net, images, batch, "samples")
   real = _features(net, reference, batch, "reference")
   result.update(measure(real, fake, eval_config))
+  # Residual noise: samples rougher than twice the roughest reference image.
+  threshold = metrics.threshold_of(reference)
+  result["residual_noise"] = metrics.residual_noise_fraction(images, threshold)
+  result["residual_noise_threshold"] = round(threshold, 4)
   if evaluator is not None and labels is not None and bundle.spec.num_classes:
     judged = metrics.judge(evaluator, images, np.asarray(labels))
     result["class_accuracy"] = round(float(judged["accuracy"]), 4)

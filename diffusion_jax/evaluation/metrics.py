@@ -9,6 +9,11 @@
   and position): the entropy of the predicted values within a class, over
   the largest entropy possible (0: always the same value; 1: uniform).
 
+- `roughness`: the mean absolute difference between neighbouring pixels, high
+  for residual noise; `residual_noise_threshold` is twice its largest value
+  over a dataset's test split, and `residual_noise_fraction` the share of
+  samples above it.
+
 `judge(evaluator, images, labels)` gathers them in one dict;
 `judge_captions(evaluator, images, named, prompt_ids)` does the same for a
 text-to-image model's samples, against what each caption names. A guided
@@ -17,7 +22,8 @@ guided it.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import functools
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -88,13 +94,58 @@ def free_attributes(evaluator) -> dict[str, int]:
           if name not in LABEL_ATTRIBUTES and not name.endswith("2")}
 
 
-def judge(evaluator, images: np.ndarray, labels: np.ndarray) -> dict:
+def roughness(images) -> np.ndarray:
+  """float [N]: the mean absolute difference between horizontal and between
+  vertical neighbours, averaged, of images [N, H, W, C] in [-1, 1] (uint8
+  images are rescaled). Smooth scenes score low; residual noise high."""
+  x = np.asarray(images)
+  x = x.astype(np.float64) / 127.5 - 1.0 if x.dtype == np.uint8 else x.astype(np.float64)
+  vertical = np.abs(np.diff(x, axis=1)).mean(axis=(1, 2, 3))
+  horizontal = np.abs(np.diff(x, axis=2)).mean(axis=(1, 2, 3))
+  return 0.5 * (vertical + horizontal)
+
+
+RESIDUAL_NOISE_FACTOR = 2.0  # the threshold over the test split's largest roughness
+
+
+def threshold_of(reference_images) -> float:
+  """Twice the largest roughness over reference (real) images."""
+  return float(RESIDUAL_NOISE_FACTOR * np.max(roughness(reference_images)))
+
+
+@functools.lru_cache(maxsize=16)
+def _split_threshold(name: str, data_dir: str, image_size: int, channels: int) -> float:
+  import ml_collections
+
+  from diffusion_jax.data import pipeline
+  data = ml_collections.ConfigDict({"name": name, "data_dir": data_dir,
+                                    "image_size": image_size, "channels": channels})
+  return threshold_of(pipeline.split_examples(data, "test")[0])
+
+
+def residual_noise_threshold(data_config) -> float:
+  """The residual-noise threshold of `config.data`: twice the largest
+  roughness over its test split (computed once per process)."""
+  return _split_threshold(str(data_config.name), str(data_config.get("data_dir", "")),
+                          int(data_config.get("image_size", 0)),
+                          int(data_config.get("channels", 0)))
+
+
+def residual_noise_fraction(images, threshold: float) -> float:
+  """The fraction of images whose roughness is above `threshold`."""
+  return float(np.mean(roughness(images) > threshold))
+
+
+def judge(evaluator, images: np.ndarray, labels: np.ndarray,
+          noise_threshold: Optional[float] = None) -> dict:
   """Fidelity and diversity of images asked to show classes `labels`.
 
   Returns:
     {"accuracy": class accuracy, "accuracy_<attr>": per label attribute,
      "feature_distance": mean within-class pairwise feature distance,
-     "spread_<attr>": normalized within-class entropy per free attribute}.
+     "spread_<attr>": normalized within-class entropy per free attribute,
+     "residual_noise": the fraction of images above `noise_threshold`,
+     when one is given}.
   """
   labels = np.asarray(labels)
   outputs = evaluator_lib.outputs(evaluator, images)
@@ -106,6 +157,8 @@ def judge(evaluator, images: np.ndarray, labels: np.ndarray) -> dict:
   result["feature_distance"] = mean_pairwise_distance(outputs[evaluator_lib.FEATURES], labels)
   spread = attribute_spread(predictions, labels, free_attributes(evaluator))
   result.update({f"spread_{k}": v for k, v in spread.items()})
+  if noise_threshold is not None:
+    result["residual_noise"] = residual_noise_fraction(images, noise_threshold)
   return result
 
 
