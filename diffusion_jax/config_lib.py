@@ -81,6 +81,17 @@ def base_config() -> ml_collections.ConfigDict:
   # "uniform", or "loss_second_moment": importance-sampled timesteps by the
   # recent loss at each t (Improved DDPM's choice for the L_vlb objective).
   c.diffusion.timestep_sampler = "uniform"
+  # The training recipe (docs/recipe.md); the defaults are 2021's (ADM).
+  # "log_normal": EDM's ln sigma ~ N(mean, std^2) over the discrete steps.
+  c.diffusion.log_normal_mean = -1.2
+  c.diffusion.log_normal_std = 1.2
+  # The weight of each example's MSE: "none" (L_simple), "min_snr" (Hang et
+  # al. 2023, min(SNR, snr_gamma) on x_0) or "edm" (Karras et al. 2022; v, x0).
+  c.diffusion.loss_weighting = "none"
+  c.diffusion.snr_gamma = 5.0
+  c.diffusion.sigma_data = 0.5
+  # Rescale the betas so alpha_bar_T = 0 (Lin et al. 2024; v or x0 models).
+  c.diffusion.zero_terminal_snr = False
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2e-4
@@ -89,6 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.weight_decay = 0.0
   c.optim.grad_clip = 1.0
+  # After the warm-up: "constant", "cosine" or "linear" decay to 0 at train.num_steps.
+  c.optim.schedule = "constant"
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 10_000
@@ -100,6 +113,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_every = 0  # 0 = only at the end
   c.train.ema_rates = (0.999,)
   c.train.ema_warmup = True  # decay min(rate, (1 + step) / (10 + step))
+  # EDM2's power-function EMAs (Karras et al. 2024), by relative width
+  # sigma_rel (EDM2 keeps 0.05 and 0.10); sample.ema_sigma_rel picks one.
+  c.train.ema_sigma_rels = ()
   c.train.label_dropout = 0.1  # CFG: labels (captions) replaced by the null class ("")
   c.train.init_from = ""  # an export or workdir whose weights a new run starts from
   # The workdir's lease (training/workdir_lock.py): renewed every N seconds;
@@ -155,6 +171,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.seed = 0
   c.sample.use_ema = True
   c.sample.ema_rate = 0.999
+  c.sample.ema_sigma_rel = 0.0  # > 0: the power EMA of train.ema_sigma_rels instead
   c.sample.output = ""  # "" = WORKDIR/samples/sampled_STEP.png (or samples_NxHxWxC.npz)
   # --mode=sample: N > 0 writes N samples to one .npz (arr_0 uint8 images,
   # arr_1 labels: sample.labels in turn, or random classes), drawn
@@ -330,6 +347,11 @@ _RULES = (
     ("train.lock_renew_every", lambda v: v > 0, "> 0 seconds"),
     ("train.lock_stale_after", lambda v: v > 0, "> 0 seconds"),
     ("train.ema_rates", lambda v: all(0 < r < 1 for r in v), "rates in (0, 1)"),
+    ("train.ema_sigma_rels", lambda v: all(0 < s < 0.28 for s in v),
+     "relative widths in (0, 0.28) (EDM2's sigma_rel)"),
+    ("diffusion.snr_gamma", lambda v: v > 0, "> 0"),
+    ("diffusion.sigma_data", lambda v: v > 0, "> 0"),
+    ("diffusion.log_normal_std", lambda v: v > 0, "> 0"),
     ("train.label_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("sample.per_class", lambda v: v >= 1, ">= 1"),
     ("sample.eta", lambda v: v >= 0, ">= 0"),
@@ -359,7 +381,9 @@ _CHOICES = {
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.parameterization": ("eps", "x0", "v"),
     "diffusion.variance": ("fixed_small", "fixed_large", "learned_range", "learned"),
-    "diffusion.timestep_sampler": ("uniform", "loss_second_moment"),
+    "diffusion.timestep_sampler": ("uniform", "loss_second_moment", "log_normal"),
+    "diffusion.loss_weighting": ("none", "min_snr", "edm"),
+    "optim.schedule": ("constant", "cosine", "linear"),
     "sample.method": ("ddpm", "ddim"),
     "eval.features": ("evaluator", "inception"),
 }
@@ -393,7 +417,25 @@ def check(config: ml_collections.ConfigDict) -> None:
                      f"twice train.lock_renew_every ({train.lock_renew_every!r})")
   from diffusion_jax import schedules  # the respacing spec, against T
   schedules.space_timesteps(config.diffusion.num_timesteps, config.sample.steps)
+  _check_recipe(config)
+  if config.sample.use_ema and config.sample.ema_sigma_rel > 0:
+    kept = [f"{r:g}" for r in config.train.ema_sigma_rels]
+    if f"{config.sample.ema_sigma_rel:g}" not in kept:
+      raise ValueError(f"sample.ema_sigma_rel {config.sample.ema_sigma_rel:g} is not one of "
+                       f"train.ema_sigma_rels ({', '.join(kept) or 'none'})")
+    return
   rates = [f"{r:g}" for r in config.train.ema_rates]
   if config.sample.use_ema and f"{config.sample.ema_rate:g}" not in rates:
     raise ValueError(f"sample.ema_rate {config.sample.ema_rate:g} is not one of "
                      f"train.ema_rates ({', '.join(rates)})")
+
+
+def _check_recipe(config: ml_collections.ConfigDict) -> None:
+  """The recipe's combinations a one-line error refuses."""
+  d = config.diffusion
+  if d.zero_terminal_snr and d.parameterization == "eps":
+    raise ValueError("diffusion.zero_terminal_snr needs parameterization 'v' or 'x0': "
+                     "where alpha_bar_T = 0, x_0 cannot be had from eps")
+  if d.loss_weighting == "edm" and d.parameterization == "eps":
+    raise ValueError("diffusion.loss_weighting 'edm' needs parameterization 'v' or 'x0': "
+                     "for eps its weight 1 + 1 / (sigma_data^2 SNR) is unbounded")

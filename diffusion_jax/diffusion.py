@@ -6,6 +6,7 @@ indices into the schedule passed in (for a respaced schedule, its own indices
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -65,9 +66,11 @@ def x0_from_eps(sched: Schedule, x_t, t, eps):
 
 
 def eps_from_x0(sched: Schedule, x_t, t, x0):
-  """eps = (x_t - sqrt(abar) x_0) / sqrt(1 - abar)."""
-  return ((extract(sched.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x0)
-          / extract(sched.sqrt_recipm1_alphas_cumprod, t, x_t.ndim))
+  """eps = (x_t - sqrt(abar) x_0) / sqrt(1 - abar); x_t itself where abar = 0
+  (a zero-terminal-SNR schedule's last step)."""
+  eps = ((extract(sched.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x0)
+         / extract(sched.sqrt_recipm1_alphas_cumprod, t, x_t.ndim))
+  return jnp.where(extract(sched.alphas_cumprod, t, x_t.ndim) > 0, eps, x_t)
 
 
 def v_from_x0_eps(sched: Schedule, x0, eps, t):
@@ -239,10 +242,12 @@ def training_losses(sched: Schedule, model_output: jax.Array, x0: jax.Array,
                     t: jax.Array, noise: jax.Array, *,
                     parameterization: str = "eps",
                     variance: str = "fixed_small",
-                    vlb_weight: float = 0.001) -> dict[str, jax.Array]:
+                    vlb_weight: float = 0.001,
+                    mse_weight: Optional[jax.Array] = None) -> dict[str, jax.Array]:
   """Per-example training losses for one sampled t per example.
 
-  L_simple is the MSE between the prediction and its target. With a learned
+  L_simple is the MSE between the prediction and its target, times
+  `mse_weight` when given (`loss_weight`). With a learned
   variance the hybrid loss adds vlb_weight * T * L_t, where L_t's mean is
   computed from a stop-gradient prediction so the VLB term trains only the
   variance (Improved DDPM; T * L_t estimates the sum over all T terms).
@@ -256,24 +261,113 @@ def training_losses(sched: Schedule, model_output: jax.Array, x0: jax.Array,
     parameterization: "eps", "x0" or "v".
     variance: as in `p_mean_variance`.
     vlb_weight: lambda of the hybrid loss.
+    mse_weight: [B] weights of the MSE (the VLB term is not weighted).
 
   Returns:
-    {"mse": [B], "vb": [B] (zeros for a fixed variance), "loss": [B]}.
+    {"mse": [B] (unweighted), "vb": [B] (zeros for a fixed variance),
+     "loss": [B]}.
   """
   x_t = q_sample(sched, x0, t, noise)
   prediction, var_output = split_model_output(model_output, x0.shape[-1], variance)
   target = training_target(sched, x0, noise, t, parameterization)
   mse = mean_flat((prediction.astype(jnp.float32) - target) ** 2)
+  weighted = mse if mse_weight is None else mse * mse_weight
   if var_output is None:
-    return {"mse": mse, "vb": jnp.zeros_like(mse), "loss": mse}
+    return {"mse": mse, "vb": jnp.zeros_like(mse), "loss": weighted}
   frozen = jnp.concatenate([jax.lax.stop_gradient(prediction), var_output], -1)
   out = p_mean_variance(sched, frozen, x_t, t, parameterization=parameterization,
                         variance=variance, clip_denoised=False)
   vb = vlb_term(sched, out, x0, x_t, t) * (vlb_weight * sched.num_timesteps)
-  return {"mse": mse, "vb": vb, "loss": mse + vb}
+  return {"mse": mse, "vb": vb, "loss": weighted + vb}
+
+
+# -------------------------------------------------------- loss weighting --
+
+LOSS_WEIGHTINGS = ("none", "min_snr", "edm")
+
+
+def snr(sched: Schedule, t: jax.Array) -> jax.Array:
+  """The signal-to-noise ratio abar / (1 - abar) at t: [B] (from the float64
+  square roots the schedule stores, precise where abar is near 1)."""
+  ratio = (jnp.asarray(sched.sqrt_alphas_cumprod, jnp.float32)[t]
+           / jnp.asarray(sched.sqrt_one_minus_alphas_cumprod, jnp.float32)[t])
+  return ratio * ratio
+
+
+def x0_mse_factor(snr_t: jax.Array, parameterization: str) -> jax.Array:
+  """MSE in x_0 over the MSE of the prediction: the prediction error of
+  eps is the x_0 error times sqrt(SNR), of v times sqrt(SNR + 1)."""
+  check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+  if parameterization == "eps":
+    return 1.0 / snr_t
+  if parameterization == "v":
+    return 1.0 / (snr_t + 1.0)
+  return jnp.ones_like(snr_t)
+
+
+def loss_weight(sched: Schedule, t: jax.Array, parameterization: str,
+                weighting: str = "none", snr_gamma: float = 5.0,
+                sigma_data: float = 0.5) -> jax.Array:
+  """The weight of each example's prediction MSE: [B].
+
+  Each weighting is a weight on the x_0 error, turned into a weight on the
+  prediction's error by `x0_mse_factor`:
+  - "none": 1 on the prediction (L_simple);
+  - "min_snr": min(SNR, gamma) on x_0 (Hang et al. 2023): min(SNR, gamma) /
+    SNR for eps, min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) for x0;
+  - "edm": EDM's lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma
+    sigma_data)^2 on x_0 (Karras et al. 2022), sigma^2 = 1 / SNR: SNR +
+    1 / sigma_data^2; for v, (SNR + 1 / sigma_data^2) / (SNR + 1), which is
+    1 at sigma_data = 1. An eps model's weight, 1 + 1 / (sigma_data^2 SNR),
+    is unbounded at the schedule's end, so "edm" is for v and x0 models.
+
+  Args:
+    sched: the training schedule.
+    t: [B] int timesteps.
+    parameterization: "eps", "v" or "x0", what the network predicts.
+    weighting: one of LOSS_WEIGHTINGS.
+    snr_gamma: min-SNR's gamma (the paper's default is 5).
+    sigma_data: EDM's data standard deviation.
+  """
+  check_choice("loss weighting", weighting, LOSS_WEIGHTINGS)
+  check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+  snr_t = snr(sched, t)
+  if weighting == "none":
+    return jnp.ones_like(snr_t)
+  if weighting == "min_snr":
+    if parameterization == "eps":  # min(SNR, gamma) / SNR, finite at SNR = 0
+      return jnp.minimum(1.0, snr_gamma / snr_t)
+    return jnp.minimum(snr_t, snr_gamma) * x0_mse_factor(snr_t, parameterization)
+  if parameterization == "eps":
+    raise ValueError("the 'edm' loss weighting needs a v or x0 model: for eps it is "
+                     "1 + 1 / (sigma_data^2 SNR), unbounded where SNR reaches 0")
+  return (snr_t + 1.0 / sigma_data ** 2) * x0_mse_factor(snr_t, parameterization)
 
 
 # ------------------------------------------------------ timestep sampling --
+
+def log_sigma(sched: Schedule) -> np.ndarray:
+  """float64 [T]: log sigma_t, sigma_t^2 = (1 - abar) / abar (EDM's noise level
+  of x_t / sqrt(abar)); inf where abar = 0."""
+  abar = np.asarray(sched.alphas_cumprod, np.float64)
+  with np.errstate(divide="ignore"):
+    return 0.5 * (np.log1p(-abar) - np.log(abar))
+
+
+def log_normal_probabilities(sched: Schedule, mean: float = -1.2,
+                             std: float = 1.2) -> np.ndarray:
+  """float32 [T]: EDM's log-normal noise levels (ln sigma ~ N(mean, std^2),
+  Karras et al. 2022: P_mean = -1.2, P_std = 1.2) on a discrete schedule.
+
+  Each t takes the probability of the interval of ln sigma nearest to its
+  own (bounded by the midpoints to its neighbours; the ends are open).
+  """
+  levels = log_sigma(sched)
+  inner = 0.5 * (levels[1:] + levels[:-1])  # increasing with t
+  edges = np.concatenate([[-np.inf], inner, [np.inf]])
+  cdf = np.asarray([0.5 * (1.0 + math.erf(z / math.sqrt(2.0))) for z in (edges - mean) / std])
+  probs = np.maximum(np.diff(cdf), 0.0)
+  return (probs / probs.sum()).astype(np.float32)
 
 class LossHistory(NamedTuple):
   """Recent per-timestep losses for importance sampling of t (a pytree)."""
@@ -301,7 +395,8 @@ def timestep_probabilities(history: LossHistory,
 
 def sample_timesteps(rng: jax.Array, batch_size: int, num_timesteps: int,
                      history: Optional[LossHistory] = None,
-                     uniform_prob: float = 0.001):
+                     uniform_prob: float = 0.001,
+                     probabilities: Optional[jax.Array] = None):
   """Timesteps and importance weights for one batch.
 
   Args:
@@ -311,10 +406,17 @@ def sample_timesteps(rng: jax.Array, batch_size: int, num_timesteps: int,
     history: a `LossHistory` for loss-second-moment importance sampling, or
       None for uniform sampling.
     uniform_prob: the uniform mixture weight of importance sampling.
+    probabilities: [T] a fixed distribution of t (e.g.
+      `log_normal_probabilities`); its weights are 1: the distribution is
+      part of the objective, as in EDM, not an importance sampler.
 
   Returns:
-    (t [B] int32, weights [B] float32) with E[weight * L_t] = mean_t L_t.
+    (t [B] int32, weights [B] float32) with E[weight * L_t] = mean_t L_t
+    (for a fixed distribution, E[L_t] under it).
   """
+  if probabilities is not None:
+    t = jax.random.choice(rng, num_timesteps, (batch_size,), p=probabilities)
+    return t.astype(jnp.int32), jnp.ones((batch_size,), jnp.float32)
   if history is None:
     t = jax.random.randint(rng, (batch_size,), 0, num_timesteps, jnp.int32)
     return t, jnp.ones((batch_size,), jnp.float32)

@@ -77,6 +77,8 @@ def schedule_from_betas(betas: Sequence[float] | np.ndarray,
   # never used to add noise, but must stay finite).
   post_log_var = np.log(np.append(post_var[1], post_var[1:]) if n > 1
                         else np.maximum(post_var, 1e-20))
+  with np.errstate(divide="ignore"):  # 1 / abar is inf where abar_T = 0 (zero terminal SNR)
+    recip = 1.0 / abar
   arrays = dict(
       betas=betas,
       alphas=alphas,
@@ -86,8 +88,8 @@ def schedule_from_betas(betas: Sequence[float] | np.ndarray,
       sqrt_alphas_cumprod=np.sqrt(abar),
       sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - abar),
       log_one_minus_alphas_cumprod=np.log(1.0 - abar),
-      sqrt_recip_alphas_cumprod=np.sqrt(1.0 / abar),
-      sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / abar - 1.0),
+      sqrt_recip_alphas_cumprod=np.sqrt(recip),
+      sqrt_recipm1_alphas_cumprod=np.sqrt(recip - 1.0),
       posterior_variance=post_var,
       posterior_log_variance_clipped=post_log_var,
       posterior_mean_coef1=betas * np.sqrt(abar_prev) / (1.0 - abar),
@@ -112,17 +114,33 @@ def cosine_betas(num_timesteps: int, offset: float = COSINE_OFFSET,
   return np.asarray(betas, dtype=np.float64)
 
 
+def rescale_zero_terminal_snr(betas: Sequence[float] | np.ndarray) -> np.ndarray:
+  """Betas whose last alpha_bar is exactly 0 (Lin et al. 2024, Algorithm 1).
+
+  sqrt(alpha_bar) is shifted so its last value is 0 and scaled so its first
+  is unchanged; the last beta becomes 1. Only a v- or x0-predicting model can
+  use such a schedule: at the last step x_t holds no signal and eps = x_t.
+  """
+  sqrt_abar = np.sqrt(np.cumprod(1.0 - np.asarray(betas, np.float64)))
+  first, last = sqrt_abar[0], sqrt_abar[-1]
+  abar = ((sqrt_abar - last) * first / (first - last)) ** 2
+  alphas = np.append(abar[0], abar[1:] / abar[:-1])
+  return 1.0 - alphas
+
+
 _BETA_FNS = {"linear": linear_betas, "cosine": cosine_betas,
              "squaredcos_cap_v2": cosine_betas}
 
 
-def make_schedule(kind: str, num_timesteps: int) -> Schedule:
+def make_schedule(kind: str, num_timesteps: int, zero_terminal_snr: bool = False) -> Schedule:
   """Makes a named schedule.
 
   Args:
     kind: "linear" (DDPM) or "cosine" (Improved DDPM; alias
       "squaredcos_cap_v2").
     num_timesteps: T, the number of diffusion steps.
+    zero_terminal_snr: rescale the betas so alpha_bar_T = 0
+      (`rescale_zero_terminal_snr`).
 
   Returns:
     The `Schedule` with `timesteps = arange(T)`.
@@ -131,7 +149,10 @@ def make_schedule(kind: str, num_timesteps: int) -> Schedule:
     raise ValueError(f"unknown schedule {kind!r}; choose one of {sorted(_BETA_FNS)}")
   if not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
     raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps!r}")
-  return schedule_from_betas(_BETA_FNS[kind](int(num_timesteps)))
+  betas = _BETA_FNS[kind](int(num_timesteps))
+  if zero_terminal_snr:
+    betas = rescale_zero_terminal_snr(betas)
+  return schedule_from_betas(betas)
 
 
 def _section_steps(start: int, size: int, count: int, spec: str) -> list[int]:

@@ -144,7 +144,10 @@ def _bundle(name="shapes_class_cond", info=SHAPES_16, **overrides):
     ({"diffusion.num_timesteps": 200}, None,
      "it was trained with 200 timesteps, the model with 100"),
     ({"diffusion.schedule": "linear"}, None,
-     "it was trained with the 'linear' noise schedule, the model with 'cosine'"),
+     "it was trained with the 'linear' noise schedule, the model with the 'cosine'"),
+    ({"diffusion.zero_terminal_snr": True, "diffusion.parameterization": "v"}, None,
+     "it was trained with the 'cosine' rescaled to zero terminal SNR noise schedule, "
+     "the model with the 'cosine'"),
     ({"data.name": "digits/16"}, DatasetInfo(16, 1, 10, 100),
      "its labels are the 10 classes of 'digits/16', the model's the 18 of "
      "'shapes/one_object_16'"),

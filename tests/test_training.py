@@ -59,8 +59,13 @@ def test_train_step_compiles_once():
   assert int(state.step) == 4
 
 
-# Importance-sampled timesteps: the loss history is state too.
-FSDP_RUN = {"diffusion.timestep_sampler": "loss_second_moment"}
+# Importance-sampled timesteps: the loss history is state too; and the recipe
+# options (docs/recipe.md): v targets weighted by min-SNR, a cosine decay,
+# a power EMA (EDM2) beside a rate, sampled from by default.
+FSDP_RUN = {"diffusion.timestep_sampler": "loss_second_moment",
+            "diffusion.parameterization": "v", "diffusion.loss_weighting": "min_snr",
+            "optim.schedule": "cosine", "train.ema_sigma_rels": (0.1,),
+            "sample.ema_sigma_rel": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +111,8 @@ def test_one_device_equals_eight_with_fsdp(fsdp_runs):
   specs = [leaf.sharding.spec for leaf in jax.tree.leaves(sharded.params)]
   assert any(parallel.FSDP in spec for spec in specs)
   np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
-  a = flat_arrays((single.params, single.loss_history))
-  b = flat_arrays((sharded.params, sharded.loss_history))
+  a = flat_arrays((single.params, single.loss_history, single.ema_params))
+  b = flat_arrays((sharded.params, sharded.loss_history, sharded.ema_params))
   assert a.keys() == b.keys()
   for name in a:
     np.testing.assert_allclose(b[name], a[name], atol=2e-6, rtol=1e-4, err_msg=name)
@@ -172,6 +177,22 @@ def test_two_processes_train_to_the_end_like_one_process(tmp_path, fsdp_runs):
   assert int(np.sum(saved["loss_history"]["counts"])) == 2 * 8  # every example recorded
   assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
       "step_000002.npz", "step_000002.png"]
+  # The power EMA is what the run samples with by default, and an export
+  # records it (format 1: a reader that knows no power EMA sees no rate).
+  from diffusion_jax.inference import loading
+  bundle = loading.load(tmp_path)
+  assert bundle.ema_rate == loading.PowerEMA(0.1) and "power EMA sigma_rel 0.1" in repr(bundle)
+  exported = loading.export(bundle, tmp_path / "export")
+  meta = json.loads((exported / loading.META_FILE).read_text())
+  assert meta["format_version"] == 1 and meta["ema_rate"] is None
+  assert meta["ema_sigma_rel"] == 0.1
+  again = loading.load(exported)
+  assert again.ema_rate == loading.PowerEMA(0.1)
+  with pytest.raises(ValueError, match="holds the power EMA sigma_rel 0.1 only, not the EMA 0.995"):
+    loading.load(exported, ema_rate=0.995)
+  exported_arrays, loaded_arrays = flat_arrays(again.params), flat_arrays(bundle.params)
+  for name, want in loaded_arrays.items():
+    np.testing.assert_array_equal(exported_arrays[name], want, err_msg=name)
 
 
 def test_loop_writes_checkpoint_samples_and_logs(trained_workdir):

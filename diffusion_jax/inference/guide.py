@@ -100,9 +100,17 @@ def _noise_difference(model, guide) -> Optional[str]:
             f"{want.num_timesteps}")
   if not np.allclose(np.asarray(got.alphas_cumprod), np.asarray(want.alphas_cumprod),
                      rtol=1e-5, atol=1e-7):
-    return (f"it was trained with the {guide.config.diffusion.schedule!r} noise "
-            f"schedule, the model with {model.config.diffusion.schedule!r}")
+    return (f"it was trained with the {_schedule_name(guide.config)} noise "
+            f"schedule, the model with the {_schedule_name(model.config)}")
   return None
+
+
+def _schedule_name(config) -> str:
+  """"'cosine'", or "'linear' rescaled to zero terminal SNR"."""
+  name = repr(config.diffusion.schedule)
+  if config.diffusion.get("zero_terminal_snr", False):
+    name += " rescaled to zero terminal SNR"
+  return name
 
 
 def _shape_difference(model, guide) -> Optional[str]:

@@ -27,7 +27,7 @@ import json
 import os
 import pathlib
 import shutil
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import flax
 import jax
@@ -50,29 +50,59 @@ RAW = 0.0  # the EMA "rate" that names the raw parameters
 STORAGE_DTYPES = ("float32", "float16")  # what an export may store its weights as
 
 
-def ema_key(rate: float) -> str:
-  """The name of the EMA at `rate` in a train state ("0.995")."""
-  return f"{rate:g}"
+class PowerEMA(NamedTuple):
+  """EDM2's power-function EMA of relative width `sigma_rel` (Karras et al.
+  2024), kept beside the fixed-rate EMAs (`train.ema_sigma_rels`)."""
+  sigma_rel: float
 
 
-def ema_choice(sample_config) -> float:
-  """The weights a config samples with: `sample.ema_rate`, or RAW when
-  `sample.use_ema` is False."""
-  return float(sample_config.ema_rate) if sample_config.use_ema else RAW
+POWER_PREFIX = "power_"
 
 
-def weights_field(config, ema_rate: float) -> str:
-  """The train-state field holding the weights at `ema_rate`.
+def ema_key(choice: float | PowerEMA) -> str:
+  """The name of an EMA in a train state: "0.995" for a rate, "power_0.05"
+  for a power EMA."""
+  if isinstance(choice, PowerEMA):
+    return f"{POWER_PREFIX}{choice.sigma_rel:g}"
+  return f"{choice:g}"
+
+
+def sigma_rel_of_key(key: str) -> Optional[float]:
+  """A power EMA key's sigma_rel, or None for a rate's key."""
+  return float(key[len(POWER_PREFIX):]) if key.startswith(POWER_PREFIX) else None
+
+
+def describe_ema(choice: float | PowerEMA) -> str:
+  if isinstance(choice, PowerEMA):
+    return f"power EMA sigma_rel {choice.sigma_rel:g}"
+  return "raw weights" if float(choice) == RAW else f"EMA {float(choice):g}"
+
+
+def ema_choice(sample_config) -> float | PowerEMA:
+  """The weights a config samples with: the power EMA `sample.ema_sigma_rel`
+  names when > 0, else `sample.ema_rate`, or RAW when `sample.use_ema` is False."""
+  if not sample_config.use_ema:
+    return RAW
+  sigma_rel = float(sample_config.get("ema_sigma_rel", 0.0))
+  return PowerEMA(sigma_rel) if sigma_rel > 0 else float(sample_config.ema_rate)
+
+
+def weights_field(config, ema_rate: float | PowerEMA) -> str:
+  """The train-state field holding the weights `ema_rate` names (a rate, 0
+  for the raw parameters, or a `PowerEMA`).
 
   Raises:
-    ValueError: the run keeps no EMA at that rate.
+    ValueError: the run keeps no such EMA.
   """
-  if float(ema_rate) == RAW:
+  if not isinstance(ema_rate, PowerEMA) and float(ema_rate) == RAW:
     return "params"
   kept = [ema_key(r) for r in config.train.ema_rates]
+  kept += [ema_key(PowerEMA(float(s))) for s in config.train.get("ema_sigma_rels", ())]
   if ema_key(ema_rate) not in kept:
-    raise ValueError(f"no EMA at rate {ema_rate:g}: the run keeps {', '.join(kept) or 'none'} "
-                     "(train.ema_rates; 0 takes the raw parameters)")
+    what = (f"power EMA of sigma_rel {ema_rate.sigma_rel:g}" if isinstance(ema_rate, PowerEMA)
+            else f"EMA at rate {ema_rate:g}")
+    raise ValueError(f"no {what}: the run keeps {', '.join(kept) or 'none'} "
+                     "(train.ema_rates, train.ema_sigma_rels; 0 takes the raw parameters)")
   return f"ema_params/{ema_key(ema_rate)}"
 
 
@@ -86,7 +116,8 @@ class Bundle:
     spec: the model (`ModelSpec`): network, schedule, conditioning.
     info: the description of the data it was trained on.
     step: the training step of the weights.
-    ema_rate: the EMA rate of the weights (0: the raw parameters).
+    ema_rate: the EMA rate of the weights (0: the raw parameters), or a
+      `PowerEMA`.
     sampler: the `Sampler`, which keeps its compiled programs.
   """
   config: ml_collections.ConfigDict
@@ -94,7 +125,7 @@ class Bundle:
   spec: ModelSpec
   info: DatasetInfo
   step: int
-  ema_rate: float
+  ema_rate: float | PowerEMA
   sampler: Sampler = dataclasses.field(init=False, repr=False)
   # Guides named by path or name, loaded once: a new load is a new program
   # for the sampler to compile.
@@ -123,7 +154,7 @@ class Bundle:
 
   def __repr__(self) -> str:
     return (f"Bundle({self.spec.describe()}, step {self.step}, "
-            f"{'raw weights' if self.ema_rate == RAW else f'EMA {self.ema_rate:g}'})")
+            f"{describe_ema(self.ema_rate)})")
 
   def sample(self, num: Optional[int] = None, seed: int = 0, classifier=None,
              classifier_scale: float = 1.0, clip=None, clip_scale: float = 1.0,
@@ -229,24 +260,28 @@ class Bundle:
     return settings, {k: v for k, v in kwargs.items() if k in args}
 
 
-def load(path: str | pathlib.Path, ema_rate: Optional[float] = None,
-         kind: Optional[str] = None) -> Bundle:
+def load(path: str | pathlib.Path, ema_rate: Optional[float | PowerEMA] = None,
+         kind: Optional[str] = None, step: Optional[int] = None) -> Bundle:
   """A `Bundle` from an export folder or a training workdir (its latest
   readable checkpoint).
 
   Args:
     path: a folder written by `export` (or `--mode=export`), or a training
       workdir with checkpoints.
-    ema_rate: which weights: the EMA at this rate, or 0 for the raw
-      parameters; default the config's `sample.ema_rate` (`ema_choice`).
+    ema_rate: which weights: the EMA at this rate, 0 for the raw
+      parameters, or a `PowerEMA`; default the config's choice (`ema_choice`).
     kind: the model kind the caller needs ("diffusion", "classifier"); a
       model of another kind is refused with a message saying what it is.
+    step: a workdir's checkpoint at this step (kept by train.keep_every or
+      train.keep_checkpoints) instead of its latest.
   """
   path = resolve(path)
   if (path / PARAMS_FILE).exists():
     bundle = _load_export(path, ema_rate)
+    if step is not None and step != bundle.step:
+      raise ValueError(f"{path} is an export of step {bundle.step} only, not {step}")
   elif (path / "checkpoints").is_dir():
-    bundle = _load_workdir(path, ema_rate)
+    bundle = _load_workdir(path, ema_rate, step)
   else:
     raise FileNotFoundError(f"{path} is neither an export ({PARAMS_FILE}, {CONFIG_FILE}) "
                             "nor a training workdir (checkpoints/)")
@@ -309,13 +344,17 @@ def saved_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
     checkpointer.close()
 
 
-def _load_workdir(workdir: pathlib.Path, ema_rate: Optional[float]) -> Bundle:
+def _load_workdir(workdir: pathlib.Path, ema_rate, step: Optional[int] = None) -> Bundle:
   checkpointer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), read_only=True)
   try:
-    config = _on_base(checkpointer.restore_json()[0])
-    rate = ema_choice(config.sample) if ema_rate is None else float(ema_rate)
+    if step is not None and step not in checkpointer.complete_steps():
+      raise ValueError(f"{workdir} has no checkpoint at step {step}: it keeps "
+                       f"{checkpointer.complete_steps()}")
+    config = _on_base(checkpointer.restore_json(step)[0])
+    rate = ema_choice(config.sample) if ema_rate is None else ema_rate
+    rate = rate if isinstance(rate, PowerEMA) else float(rate)
     field = weights_field(config, rate)
-    values, config_json, meta, _ = checkpointer.restore_fields((field, "step"))
+    values, config_json, meta, _ = checkpointer.restore_fields((field, "step"), step)
   finally:
     checkpointer.close()
   config = _on_base(config_json)
@@ -359,8 +398,11 @@ def _load_export(folder: pathlib.Path, ema_rate: Optional[float]) -> Bundle:
   missing = [k for k in ("step", "data_info") if k not in meta]
   if missing:
     raise ValueError(f"{folder / META_FILE} lacks {', '.join(missing)}: the export is damaged")
-  saved_rate = float(meta.get("ema_rate") or RAW)
-  if ema_rate is not None and float(ema_rate) != saved_rate:
+  saved_rate = _saved_ema(meta)
+  if ema_rate is not None and ema_key(ema_rate) != ema_key(saved_rate):
+    if isinstance(saved_rate, PowerEMA) or isinstance(ema_rate, PowerEMA):
+      raise ValueError(f"{folder} holds the {describe_ema(saved_rate)} only, "
+                       f"not the {describe_ema(ema_rate)}")
     raise ValueError(f"{folder} holds the weights at EMA rate {saved_rate:g} only, "
                      f"not {float(ema_rate):g}")
   config = _on_base(_read_json(folder / CONFIG_FILE))
@@ -375,6 +417,20 @@ def _load_export(folder: pathlib.Path, ema_rate: Optional[float]) -> Bundle:
                                               for k, v in flat.items()})
   check_params(params, spec, str(folder / PARAMS_FILE))
   return Bundle(config, params, spec, info, int(meta["step"]), saved_rate)
+
+
+def _saved_ema(meta: dict) -> float | PowerEMA:
+  """The EMA an export holds: meta.json's "ema_sigma_rel" (a power EMA, since
+  this field was added; format 1 still), else its "ema_rate"."""
+  if meta.get("ema_sigma_rel"):
+    return PowerEMA(float(meta["ema_sigma_rel"]))
+  return float(meta.get("ema_rate") or RAW)
+
+
+def _ema_meta(choice: float | PowerEMA) -> dict:
+  if isinstance(choice, PowerEMA):  # a reader before power EMAs sees no rate
+    return {"ema_rate": None, "ema_sigma_rel": choice.sigma_rel, "ema": describe_ema(choice)}
+  return {"ema_rate": choice, "ema": describe_ema(choice)}
 
 
 def check_params(params, spec: ModelSpec, where: str) -> None:
@@ -454,7 +510,7 @@ def export(bundle: Bundle, output: str | pathlib.Path,
   save_file(stored, str(staging / PARAMS_FILE))
   (staging / CONFIG_FILE).write_text(bundle.config.to_json(indent=2))
   (staging / META_FILE).write_text(json.dumps({
-      "format_version": FORMAT_VERSION, "step": bundle.step, "ema_rate": bundle.ema_rate,
+      "format_version": FORMAT_VERSION, "step": bundle.step, **_ema_meta(bundle.ema_rate),
       "data_info": dataclasses.asdict(bundle.info), "task": bundle.kind, "dtype": dtype,
       **({"origin": origin} if origin else {})}, indent=2))
   if output.exists():

@@ -203,7 +203,8 @@ def variance_of(config) -> str:
 
 
 def _schedule(config) -> schedules.Schedule:
-  return schedules.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+  return schedules.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps,
+                                 bool(config.diffusion.get("zero_terminal_snr", False)))
 
 
 def _image_shape(info: DatasetInfo) -> tuple:

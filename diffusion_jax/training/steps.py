@@ -9,18 +9,34 @@ state and the batch (exact resume, same result on any mesh).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from diffusion_jax import diffusion
+from diffusion_jax.inference.loading import sigma_rel_of_key
 from diffusion_jax.inference.spec import ModelSpec
 from diffusion_jax.models import clip as clip_lib
 from diffusion_jax.training.state import TrainState
 
-TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
+TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment", "log_normal")
+
+
+class Recipe(NamedTuple):
+  """The denoising loss's recipe options (`config.diffusion`): the loss
+  weighting (`diffusion.loss_weight`) and the log-normal timestep
+  distribution's mean and std (`diffusion.log_normal_probabilities`)."""
+  loss_weighting: str = "none"
+  snr_gamma: float = 5.0
+  sigma_data: float = 0.5
+  log_normal_mean: float = -1.2
+  log_normal_std: float = 1.2
+
+
+DEFAULT_RECIPE = Recipe()
 
 
 def ema_decay(rate: float, step: jax.Array, warmup: bool) -> jax.Array:
@@ -32,9 +48,29 @@ def ema_decay(rate: float, step: jax.Array, warmup: bool) -> jax.Array:
   return jnp.minimum(rate, (1.0 + step) / (10.0 + step))
 
 
+def power_ema_exponent(sigma_rel: float) -> float:
+  """EDM2's gamma for a relative width sigma_rel: the real root of
+  sigma_rel^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)), i.e. of
+  gamma^3 + 7 gamma^2 + (16 - 1 / sigma_rel^2) gamma + 12 - 1 / sigma_rel^2."""
+  inv = 1.0 / sigma_rel ** 2
+  roots = np.roots([1.0, 7.0, 16.0 - inv, 12.0 - inv])
+  return float(max(r.real for r in roots if abs(r.imag) < 1e-9))
+
+
+def power_ema_decay(gamma: float, step: jax.Array) -> jax.Array:
+  """(1 - 1 / n)^(gamma + 1) for the n = step + 1-th update (EDM2, eq. 3):
+  the average after n updates weighs update k by k^(gamma+1) - (k-1)^(gamma+1)."""
+  n = step.astype(jnp.float32) + 1.0
+  return (1.0 - 1.0 / n) ** (gamma + 1.0)
+
+
 def update_ema(ema_params: dict, params, step, warmup: bool) -> dict:
+  """Every EMA one update on: keys of rates (`ema_decay`) and of power EMAs
+  (`inference.loading.power_ema_key`, `power_ema_decay`)."""
   def update(key, average):
-    decay = ema_decay(float(key), step, warmup)
+    sigma_rel = sigma_rel_of_key(key)
+    decay = (ema_decay(float(key), step, warmup) if sigma_rel is None
+             else power_ema_decay(power_ema_exponent(sigma_rel), step))
     return jax.tree.map(lambda a, p: decay * a + (1 - decay) * p, average, params)
   return {key: update(key, average) for key, average in ema_params.items()}
 
@@ -51,8 +87,9 @@ def apply_gradients(state: TrainState, grads, optimizer, ema_warmup: bool):
 def make_diffusion_step(spec: ModelSpec, optimizer: optax.GradientTransformation, *,
                         vlb_weight: float = 0.001, cond_dropout: float = 0.0,
                         timestep_sampler: str = "uniform",
-                        ema_warmup: bool = True) -> Callable:
-  """The denoising train step (L_simple, or the hybrid loss with a learned variance).
+                        ema_warmup: bool = True, recipe: Recipe = DEFAULT_RECIPE) -> Callable:
+  """The denoising train step (L_simple, or the hybrid loss with a learned
+  variance), its MSE weighted as `recipe.loss_weighting` says.
 
   Args:
     spec: the denoiser: network, schedule, parameterization, variance and
@@ -77,9 +114,13 @@ def make_diffusion_step(spec: ModelSpec, optimizer: optax.GradientTransformation
     x_t = diffusion.q_sample(schedule, x0, t, noise)
     cond = spec.training_cond(batch, cond_rng, cond_dropout)
     output = spec.apply(params, x_t, t, rngs={"dropout": dropout_rng}, train=True, **cond)
+    mse_weight = diffusion.loss_weight(schedule, t, spec.parameterization,
+                                       recipe.loss_weighting, recipe.snr_gamma,
+                                       recipe.sigma_data)
     losses = diffusion.training_losses(schedule, output, x0, t, noise,
                                        parameterization=spec.parameterization,
-                                       variance=spec.variance, vlb_weight=vlb_weight)
+                                       variance=spec.variance, vlb_weight=vlb_weight,
+                                       mse_weight=mse_weight)
     loss = jnp.mean(losses["loss"] * weights)
     metrics = {"loss": loss, "mse": jnp.mean(losses["mse"]), "vb": jnp.mean(losses["vb"])}
     return loss, (metrics, t, losses["loss"])

@@ -10,6 +10,7 @@ from jax.sharding import Mesh
 
 from diffusion_jax import parallel, platform
 from diffusion_jax.data.info import DatasetInfo
+from diffusion_jax.inference.loading import PowerEMA
 from diffusion_jax.inference.spec import ModelSpec, make_spec
 from diffusion_jax.training import optimizer as optim_lib
 from diffusion_jax.training import state as state_lib
@@ -57,11 +58,15 @@ class TrainTask:
 
 def _diffusion_step(spec: ModelSpec, optimizer, config):
   """(step, loss-history T or None) of a denoiser."""
-  sampler = config.diffusion.timestep_sampler
+  d = config.diffusion
+  sampler = d.timestep_sampler
+  recipe = steps.Recipe(loss_weighting=d.loss_weighting, snr_gamma=d.snr_gamma,
+                        sigma_data=d.sigma_data, log_normal_mean=d.log_normal_mean,
+                        log_normal_std=d.log_normal_std)
   step = steps.make_diffusion_step(
-      spec, optimizer, vlb_weight=config.diffusion.vlb_weight,
+      spec, optimizer, vlb_weight=d.vlb_weight,
       cond_dropout=config.train.label_dropout, timestep_sampler=sampler,
-      ema_warmup=config.train.ema_warmup)
+      ema_warmup=config.train.ema_warmup, recipe=recipe)
   return step, spec.schedule.num_timesteps if sampler == "loss_second_moment" else None
 
 
@@ -85,9 +90,15 @@ STEP_BUILDERS = {"diffusion": _diffusion_step, "classifier": _classifier_step,
 def make_task(config, info: DatasetInfo) -> TrainTask:
   """The `TrainTask` of `config.task` for data described by `info`."""
   spec = make_spec(config, info)
-  optimizer = optim_lib.make_optimizer(config.optim)
+  optimizer = optim_lib.make_optimizer(config.optim, config.train.num_steps)
   step, history = STEP_BUILDERS[spec.kind](spec, optimizer, config)
-  return TrainTask(spec, optimizer, step, tuple(config.train.ema_rates), history)
+  return TrainTask(spec, optimizer, step, ema_names(config.train), history)
+
+
+def ema_names(train_config) -> tuple:
+  """The EMAs a run keeps: its rates, then its power EMAs (`PowerEMA`)."""
+  return tuple(train_config.ema_rates) + tuple(
+      PowerEMA(float(s)) for s in train_config.get("ema_sigma_rels", ()))
 
 
 def compile_step(task: TrainTask, mesh: Mesh, shardings):
