@@ -8,7 +8,8 @@ For a finite training set the optimal denoiser is a softmax-weighted average
 of the training examples. Tests, the demo and notebooks use these as models.
 
 Model functions take original timesteps and read abar from the `Schedule`
-they were made with (the unrespaced one).
+they were made with, the original one or a respaced one (whose `timesteps`
+map original steps back to its own indices).
 """
 from __future__ import annotations
 
@@ -26,7 +27,11 @@ def _flat(x: jax.Array) -> jax.Array:
 
 
 def _abar(schedule: Schedule, t: jax.Array) -> jax.Array:
-  return schedule.alphas_cumprod[t][:, None]  # [B, 1]
+  """abar at original timesteps t: [B, 1]. A respaced schedule is indexed
+  where its `timesteps` hold t (indexing it by t itself would clamp every
+  t past its length to its noisiest step)."""
+  index = jnp.searchsorted(schedule.timesteps, t)
+  return schedule.alphas_cumprod[index][:, None]  # [B, 1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +113,24 @@ class GaussianMixture:
     def fn(x_t, t, y, **unused_cond):
       return self.class_log_prob_at(x_t, _abar(schedule, t), y)
     return fn
+
+
+def as_prediction(eps_fn, schedule: Schedule, parameterization: str):
+  """An eps model function as the model of another target: the same
+  denoiser, outputting v or x_0 (`model_fn(x_t, t, **cond)`, t original)."""
+  from diffusion_jax import diffusion
+  diffusion.check_choice("parameterization", parameterization, diffusion.PARAMETERIZATIONS)
+
+  def fn(x_t, t, **cond):
+    eps = eps_fn(x_t, t, **cond)
+    abar = _abar(schedule, t).reshape((-1,) + (1,) * (x_t.ndim - 1))
+    x0 = (x_t - jnp.sqrt(1.0 - abar) * eps) / jnp.sqrt(abar)
+    if parameterization == "x0":
+      return x0
+    if parameterization == "v":
+      return jnp.sqrt(abar) * eps - jnp.sqrt(1.0 - abar) * x0
+    return eps
+  return fn
 
 
 def finite_set_model_fn(images: jax.Array, schedule: Schedule):

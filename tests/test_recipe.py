@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from diffusion_jax import config_lib, diffusion, schedules
+from diffusion_jax import config_lib, diffusion, guidance, oracles, sampling, schedules
 from diffusion_jax.evaluation import metrics
 from diffusion_jax.training import optimizer, steps
 
@@ -170,3 +170,59 @@ def test_roughness_flags_noise_and_not_scenes():
   np.testing.assert_allclose(metrics.roughness(as_uint8), [2.0])
   assert metrics.threshold_of(np.concatenate([flat, 0.1 * checker])) == pytest.approx(0.4)
   assert metrics.residual_noise_fraction(np.concatenate([flat, checker]), 0.4) == 0.5
+
+
+# --------------------------------------------- every path takes each target --
+
+MIXTURE = oracles.GaussianMixture(weights=[0.5, 0.5], means=[[1.0, 1.0], [-1.0, 0.0]],
+                                  stds=[0.2, 0.3])
+
+
+def _paths(base, target):
+  """name -> run(model_fn) for every way the library turns the output of a
+  model predicting `target` into samples; each returns an array."""
+  fast = schedules.respace(base, "20")
+  y = jnp.asarray(np.arange(32) % 2)
+  key = jax.random.key(0)
+  images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 4, 4, 1)), jnp.float32)
+  mask = jnp.zeros((4, 4, 4, 1)).at[:, :, :2].set(1.0)
+  known = sampling.Known(images, mask)
+  classifier = guidance.classifier(MIXTURE.class_log_prob_fn(base), 2.0)
+  p = {"parameterization": target}
+  return {
+      "ddpm": lambda m: sampling.sample(m, fast, (32, 2), key, method="ddpm", y=y, **p),
+      "ddim eta 0": lambda m: sampling.sample(m, fast, (32, 2), key, method="ddim", y=y, **p),
+      "ddim eta 0.5, unclipped": lambda m: sampling.sample(
+          m, fast, (32, 2), key, method="ddim", eta=0.5, clip_denoised=False, y=y, **p),
+      "cfg 3": lambda m: sampling.sample(guidance.classifier_free(m, 3.0, null_cond={"y": 2}),
+                                         fast, (32, 2), key, method="ddim", y=y, **p),
+      "classifier guidance": lambda m: sampling.sample(m, fast, (32, 2), key, method="ddpm",
+                                                       cond_fn=classifier, y=y, **p),
+      "ddim inversion": lambda m: sampling.ddim_encode(m, fast, MIXTURE.sample(key, 32)[0],
+                                                       y=y, **p),
+      "inpainting, x_t": lambda m: sampling.sample(m, fast, images.shape, key, method="ddpm",
+                                                   known=known, known_mode="x_t", **p),
+      "inpainting, x_0 paste, RePaint": lambda m: sampling.sample(
+          m, fast, images.shape, key, method="ddim", known=known, known_mode="x0",
+          resample=2, jump=5, **p),
+      "SDEdit": lambda m: sampling.sample(m, fast, images.shape, key, method="ddim",
+                                          init_image=images, strength=0.5, **p),
+  }
+
+
+def test_every_sampling_path_takes_each_prediction_target():
+  """The exact denoiser, outputting v or x_0 instead of eps: every sampler,
+  guidance and editing path draws what it draws from the eps model."""
+  base = schedules.make_schedule("cosine", 1000)
+  image_eps = oracles.finite_set_model_fn(
+      jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (3, 4, 4, 1)), jnp.float32), base)
+  mixture_eps = MIXTURE.model_fn(base)
+
+  def eps_model(x, t, y=None):
+    return image_eps(x, t) if x.ndim == 4 else mixture_eps(x, t, y)
+  want = {name: np.asarray(run(eps_model)) for name, run in _paths(base, "eps").items()}
+  for target in ("v", "x0"):
+    other = oracles.as_prediction(eps_model, base, target)
+    for name, run in _paths(base, target).items():
+      np.testing.assert_allclose(np.asarray(run(other)), want[name], atol=2e-3,
+                                 err_msg=f"{name} with a {target} model")
