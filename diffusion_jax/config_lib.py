@@ -384,7 +384,8 @@ _CHOICES = {
     "diffusion.timestep_sampler": ("uniform", "loss_second_moment", "log_normal"),
     "diffusion.loss_weighting": ("none", "min_snr", "edm"),
     "optim.schedule": ("constant", "cosine", "linear"),
-    "sample.method": ("ddpm", "ddim"),
+    "sample.method": ("ddpm", "ddim", "euler", "euler_ancestral", "dpmpp_2m", "dpmpp_3m",
+                      "dpmpp_2m_sde", "heun"),
     "eval.features": ("evaluator", "inception"),
 }
 

@@ -1,4 +1,8 @@
-"""Sampling loops: ancestral DDPM and DDIM(eta), each one compiled `lax.scan`.
+"""Sampling loops: ancestral DDPM, DDIM(eta) and the high-order solvers
+(`solvers.py`: DPM-Solver++ 2M, 3M and 2M SDE, Heun), each one compiled
+`lax.scan`. "euler" and "euler_ancestral" are k-diffusion's names for DDIM
+at eta 0 and 1 (on the same integer timesteps, ending at x_0, the same
+steps).
 
 `model_fn(x_t, t, **cond)` is any pure function of arrays returning the
 network output for `x_t` [B, ..., C] at original (unrespaced) timesteps `t`
@@ -15,10 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import diffusion, platform
+from diffusion_jax import diffusion, platform, solvers
 from diffusion_jax.schedules import Schedule
 
-METHODS = ("ddpm", "ddim")
+# method -> network evaluations per step (Heun: two, one at the last step).
+METHODS = ("ddpm", "ddim", "euler", "euler_ancestral", "dpmpp_2m", "dpmpp_3m",
+           "dpmpp_2m_sde", "heun")
+ALIASES = {"euler": ("ddim", 0.0), "euler_ancestral": ("ddim", 1.0)}
+ONE_STEP = ("ddpm", "ddim", "euler", "euler_ancestral")  # no history: RePaint can jump back
 
 
 class StepOptions(NamedTuple):
@@ -98,6 +106,45 @@ def ddim_step(model_fn, schedule: Schedule, x_t, t, rng, eta=0.0,
           + jnp.sqrt(jnp.maximum(1 - abar_prev - sigma ** 2, 0.0)) * eps)
   noise = jax.random.normal(rng, x_t.shape, jnp.float32)
   return mean + _not_last(t, x_t.ndim) * sigma * noise, pred_x0
+
+
+def solver_step(model_fn, schedule: Schedule, x_t, t, rng, history, method: str,
+                opts: StepOptions = StepOptions(), **cond):
+  """One step of a high-order solver (`solvers.py`): (x at the level below,
+  the data prediction, the updated history)."""
+  out, t_model = _model_step(model_fn, schedule, x_t, t, opts, cond)
+  eps, pred_x0 = _guided_eps_x0(schedule, out, x_t, t, t_model, opts, cond)
+  if method == "heun":
+    return heun_step(model_fn, schedule, x_t, t, eps, pred_x0, opts, cond), pred_x0, history
+  noise = jax.random.normal(rng, x_t.shape, jnp.float32)
+  x_next, history = solvers.dpmpp_step(schedule, x_t, pred_x0, t[0], history,
+                                       solvers.MULTISTEP[method], schedule.num_timesteps,
+                                       sde=method.endswith("_sde"), noise=noise)
+  return x_next, pred_x0, history
+
+
+def heun_step(model_fn, schedule: Schedule, x_t, t, eps, pred_x0, opts: StepOptions, cond):
+  """Heun's method (Karras et al. 2022, Algorithm 1 without churn) on x / alpha
+  against sigma / alpha: an Euler step (which is DDIM at eta 0), then the
+  average of the two slopes; the step to x_0 is Euler's alone."""
+  abar_next = diffusion.extract(schedule.alphas_cumprod_prev, t, x_t.ndim)
+  sigma = solvers.ve_sigma(schedule, t, x_t.ndim)
+  sigma_next = solvers.ve_sigma(schedule, t, x_t.ndim, below=True)
+  euler = jnp.sqrt(abar_next) * pred_x0 + jnp.sqrt(1.0 - abar_next) * eps
+
+  def corrected(euler):
+    below = jnp.maximum(t - 1, 0)
+    out, t_model = _model_step(model_fn, schedule, euler, below, opts, cond)
+    eps_next, _ = _guided_eps_x0(schedule, out, euler, below, t_model, opts, cond)
+    ve = euler / jnp.sqrt(abar_next) + 0.5 * (sigma_next - sigma) * (eps_next - eps)
+    return jnp.sqrt(abar_next) * ve
+
+  # The first step, from the top of the schedule, is Euler's too: there
+  # sigma / alpha is 20,000 on the cosine schedule (abar 2.4e-9), and the
+  # trapezoid's correction, (sigma_next - sigma) / 2 times a change of eps,
+  # would be multiplied by it.
+  corrects = (t[0] > 0) & (t[0] < schedule.num_timesteps - 1)
+  return jax.lax.cond(corrects, corrected, lambda euler: euler, euler)
 
 
 def ddim_encode_step(model_fn, schedule: Schedule, x, t,
@@ -249,19 +296,24 @@ def _sample(schedule, rng, eta, x_T, cond, plan, known, init, strength, temperat
     inner = opts.denoised_fn
     opts = opts._replace(denoised_fn=lambda x0: known.paste(x0 if inner is None else inner(x0)))
 
-  def down(x, t, rng):
+  def down(carry, t, rng):
+    x, history = carry
     if loop.method == "ddpm":
       x_prev, pred_x0 = ddpm_step(model_fn, schedule, x, t, rng, opts, **cond)
-    else:
+    elif loop.method == "ddim":
       x_prev, pred_x0 = ddim_step(model_fn, schedule, x, t, rng, eta, opts, **cond)
+    else:
+      x_prev, pred_x0, history = solver_step(model_fn, schedule, x, t, rng, history,
+                                             loop.method, opts, **cond)
     if loop.known_mode == "x_t":
       x_prev = _replace_known(schedule, known, x_prev, t, jax.random.fold_in(rng, 1))
-    return x_prev, pred_x0
+    return (x_prev, history), pred_x0
 
-  def up(x, t, rng):
-    return _renoise(schedule, x, t, rng), jnp.zeros_like(x)
+  def up(carry, t, rng):
+    x, history = carry
+    return (_renoise(schedule, x, t, rng), history), jnp.zeros_like(x)
 
-  def body(x, entry):
+  def body(carry, entry):
     index, (t_index, is_up) = entry
     t = jnp.full((loop.shape[0],), t_index, jnp.int32)
     # Step t's noise is fold_in(key, t), as it always was (the same seed
@@ -273,16 +325,18 @@ def _sample(schedule, rng, eta, x_T, cond, plan, known, init, strength, temperat
     else:
       step = down
     if loop.editing:  # SDEdit: the steps above the start level are skipped
-      x_prev, pred_x0 = jax.lax.cond(t_index < start, step,
-                                     lambda x, t, rng: (x, x), x, t, rng)
+      (x_prev, history), pred_x0 = jax.lax.cond(
+          t_index < start, step, lambda carry, t, rng: (carry, carry[0]), carry, t, rng)
     else:
-      x_prev, pred_x0 = step(x, t, rng)
+      (x_prev, history), pred_x0 = step(carry, t, rng)
     x_prev = _constrain(x_prev, sharding)
     _report(index + 1, plan.shape[0], loop.progress)
-    return x_prev, ((x_prev, pred_x0) if loop.return_trajectory else None)
+    return (x_prev, history), ((x_prev, pred_x0) if loop.return_trajectory else None)
 
+  history = (solvers.History.empty(loop.shape) if loop.method in solvers.MULTISTEP
+             else None)
   entries = (jnp.arange(plan.shape[0]), (plan[:, 0], plan[:, 1]))
-  x, trajectory = jax.lax.scan(body, x, entries)
+  (x, _), trajectory = jax.lax.scan(body, (x, history), entries)
   if loop.known_mode is not None:  # the kept pixels returned exactly
     x = known.paste(x)
   if not loop.return_trajectory:
@@ -342,8 +396,12 @@ def sample(model_fn: Callable, schedule: Schedule, shape: Sequence[int],
     schedule: the (possibly respaced) schedule to run, from its last step.
     shape: [B, ...] of the samples (channels last).
     rng: a PRNG key; the starting noise and every step's noise derive from it.
-    method: "ddpm" (ancestral) or "ddim".
-    eta: DDIM's noise scale; 0 is deterministic, 1 is ancestral with beta~.
+    method: "ddpm" (ancestral), "ddim", "euler" (DDIM at eta 0),
+      "euler_ancestral" (DDIM at eta 1), "dpmpp_2m", "dpmpp_3m",
+      "dpmpp_2m_sde" (DPM-Solver++) or "heun" (two network evaluations a
+      step, one at the last).
+    eta: DDIM's noise scale; 0 is deterministic, 1 is ancestral with beta~
+      (ignored by the other methods).
     clip_denoised: clip each predicted x_0 to [-1, 1].
     parameterization: "eps", "x0" or "v", what the network predicts.
     variance: "fixed_small", "fixed_large", "learned_range" or "learned".
@@ -374,6 +432,10 @@ def sample(model_fn: Callable, schedule: Schedule, shape: Sequence[int],
   """
   shape = tuple(int(s) for s in shape)
   _check_options(method, eta, variance, parameterization)
+  method, eta = ALIASES.get(method, (method, eta))
+  if resample > 1 and method not in ONE_STEP:
+    raise ValueError(f"RePaint's jumps back (resample > 1) need a one-step sampler (ddpm or "
+                     f"ddim): {method} keeps a history that a jump back would break")
   _check_start(shape, x_T)
   _check_editing(shape, known, known_mode, init_image, strength, x_T)
   if resample > 1 and known is None:

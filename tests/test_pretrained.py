@@ -17,7 +17,7 @@ from diffusion_jax import pretrained
 from diffusion_jax.data import shapes
 from diffusion_jax.evaluation import evaluator
 from diffusion_jax.inference import loading
-from tests.conftest import error_line, run_cli
+from tests.conftest import data_dir, error_line, run_cli
 
 ISSUE_MODELS = ["digits-classes", "shapes-classes", "shapes-classifier", "shapes-clip",
                 "shapes-inpaint", "shapes-text2im", "shapes-upsampler"]
@@ -64,6 +64,21 @@ def test_the_shipped_text_model_draws_its_prompts():
   for attribute in ("shape", "color"):
     hits = np.mean([seen[attribute][i] == n[attribute] for i, n in enumerate(named)])
     assert hits >= 0.75, (attribute, hits)
+
+
+def test_the_shipped_class_model_draws_scenes_not_noise_with_ddim_eta_0():
+  """DDIM at eta 0, the deterministic sampler every ODE solver stands on:
+  no sample of the main job's shipped model is residual noise (rougher than
+  twice the roughest test scene, docs/recipe.md). The eps model shipped
+  before the recipe fix drew 22 of these 32 as noise; this test failed on it."""
+  from diffusion_jax.data import pipeline
+  from diffusion_jax.evaluation import metrics
+  model = diffusion_jax.load("shapes-classes")
+  images = model.sample(labels=list(range(16)) * 2, seed=3, method="ddim", eta=0.0, steps="50")
+  test_split = pipeline.split_examples(model.config.data, "test", data_dir=data_dir())[0]
+  threshold = metrics.threshold_of(test_split)
+  rough = metrics.roughness(images)
+  assert np.sum(rough > threshold) == 0, np.round(np.sort(rough), 3)
 
 
 def test_an_unknown_name_lists_the_shipped_models():

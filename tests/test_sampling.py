@@ -335,8 +335,8 @@ def test_batch_sharded_sampling_equals_single_device(base, model):
 
 
 def test_bad_arguments_raise_clear_errors(base, model):
-  with pytest.raises(ValueError, match="sampling method 'euler'"):
-    sampling.sample(model, base, (2, 2), jax.random.key(0), method="euler")
+  with pytest.raises(ValueError, match="sampling method 'dpm_solver'"):
+    sampling.sample(model, base, (2, 2), jax.random.key(0), method="dpm_solver")
   with pytest.raises(ValueError, match=r"x_T has shape \(3, 2\) but shape is \(2, 2\)"):
     sampling.sample(model, base, (2, 2), jax.random.key(0), x_T=jnp.zeros((3, 2)))
   with pytest.raises(ValueError, match="eta must be >= 0"):

@@ -25,7 +25,9 @@ class SampleSettings:
   """What a compiled sampler is specialised on (a config's `sample` section).
 
   Attributes:
-    method: "ddpm" (ancestral) or "ddim".
+    method: "ddpm" (ancestral), "ddim", or a solver of `sampling.METHODS`
+      ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "heun"; "euler" and
+      "euler_ancestral" are DDIM at eta 0 and 1).
     steps: a respacing spec of the training schedule, e.g. "100" or "ddim50".
     eta: DDIM's noise scale (0: deterministic).
     guidance_scale: classifier-free guidance, GLIDE's s (1: off); needs a
