@@ -74,6 +74,8 @@ def parse_args(argv=None):
   parser.add_argument("--seeds", default="0,1")
   parser.add_argument("--steps", type=int, default=1300, help="training steps of each run")
   parser.add_argument("--eval_every", type=int, default=325)
+  parser.add_argument("--eval_steps", default="",
+                      help="measure only these kept steps (default: every kept one)")
   parser.add_argument("--num", type=int, default=500, help="samples per point")
   parser.add_argument("--batch", type=int, default=250)
   parser.add_argument("--root", default="runs/recipe", help="the runs' workdirs")
@@ -142,6 +144,8 @@ def evaluate(run_key: str, workdir: str, judge: Judge, results: dict, args, save
                                        read_only=True)
   kept = checkpointer.complete_steps()
   checkpointer.close()
+  if args.eval_steps:
+    kept = [s for s in kept if s in {int(v) for v in args.eval_steps.split(",")}]
   done = {(r["step"], r["sampler"]) for r in results["runs"][run_key].setdefault("evals", [])}
   for step in kept:
     todo = [s for s in SAMPLERS if (step, s) not in done]
@@ -150,8 +154,8 @@ def evaluate(run_key: str, workdir: str, judge: Judge, results: dict, args, save
     bundle = loading.load(workdir, step=step)
     for sampler in todo:
       tick = time.perf_counter()
-      images, labels = sample_quality.draw(bundle, SAMPLERS[sampler], SAMPLERS[sampler]["steps"],
-                                           args)
+      kwargs = {k: v for k, v in SAMPLERS[sampler].items() if k != "steps"}
+      images, labels = sample_quality.draw(bundle, kwargs, SAMPLERS[sampler]["steps"], args)
       row = judge.measure(f"{run_key} step {step} {sampler}", images, labels)
       row.update(step=step, sampler=sampler, seconds=round(time.perf_counter() - tick, 1))
       results["runs"][run_key]["evals"].append(row)
