@@ -417,7 +417,10 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"train.lock_stale_after is {train.lock_stale_after!r}; it must exceed "
                      f"twice train.lock_renew_every ({train.lock_renew_every!r})")
   from diffusion_jax import schedules  # the respacing spec, against T
-  schedules.space_timesteps(config.diffusion.num_timesteps, config.sample.steps)
+  schedules.respace(schedules.make_schedule(config.diffusion.schedule,
+                                            config.diffusion.num_timesteps,
+                                            config.diffusion.zero_terminal_snr),
+                    config.sample.steps)
   _check_recipe(config)
   if config.sample.use_ema and config.sample.ema_sigma_rel > 0:
     kept = [f"{r:g}" for r in config.train.ema_sigma_rels]

@@ -196,7 +196,78 @@ def _parse_counts(spec: str) -> list[int]:
   return counts
 
 
-def space_timesteps(num_timesteps: int, spec: str | int) -> list[int]:
+# Spacings by noise level (`spaced_by_level`): diffusers' lambda_min_clipped
+# for the cosine schedule, and EDM's sigma_max (of x / alpha).
+LAMBDA_MIN = -5.1
+KARRAS_SIGMA_MAX = 80.0
+KARRAS_RHO = 7.0
+LEVEL_SPACINGS = ("logsnr", "karras")
+
+
+def _level_spacing(spec: str):
+  """("logsnr" | "karras", N) for "logsnrN" / "karrasN", else None."""
+  for name in LEVEL_SPACINGS:
+    if spec.startswith(name):
+      try:
+        count = int(spec[len(name):])
+      except ValueError:
+        raise ValueError(f"respacing spec {spec!r}: expected {name!r} and a number") from None
+      if count < 2:
+        raise ValueError(f"respacing spec {spec!r}: needs at least 2 steps")
+      return name, count
+  return None
+
+
+def spaced_by_level(alphas_cumprod, spec: str) -> list[int]:
+  """The timesteps of a spacing by noise level, ascending, the last T - 1.
+
+  "logsnrN": N levels uniform in lambda = log(alpha / sigma) from lambda at
+  t = 0 down to max(lambda at T - 1, LAMBDA_MIN); "karrasN": Karras et al.'s
+  sigma_i = (s_max^(1/rho) + i / (N - 1) (s_min^(1/rho) - s_max^(1/rho)))^rho
+  of sigma / alpha, rho = 7, from s_min at t = 0 to min(s_max at T - 1,
+  80). Each level is mapped to the timestep nearest in log sigma; the
+  noisiest kept step is then replaced by T - 1, where x_T ~ N(0, I) is the
+  process's own start (on the cosine schedule lambda there is -9.9, sigma
+  / alpha 20,000: spacing levels from there would spend steps on noise).
+
+  Raises:
+    ValueError: two levels map to one timestep (too many steps for T).
+  """
+  name, count = _level_spacing(spec)
+  abar = np.asarray(alphas_cumprod, np.float64)
+  with np.errstate(divide="ignore"):
+    log_sigma = 0.5 * (np.log1p(-abar) - np.log(abar))  # increasing with t
+  low, high = log_sigma[0], log_sigma[-1]
+  if name == "logsnr":
+    targets = np.linspace(low, min(high, -LAMBDA_MIN), count)
+  else:
+    s_min, s_max = np.exp(low), min(np.exp(high), KARRAS_SIGMA_MAX)
+    ramp = np.linspace(0.0, 1.0, count)
+    targets = np.log((s_min ** (1 / KARRAS_RHO)
+                      + ramp * (s_max ** (1 / KARRAS_RHO) - s_min ** (1 / KARRAS_RHO)))
+                     ** KARRAS_RHO)
+  finite = np.where(np.isfinite(log_sigma), log_sigma, np.finfo(np.float64).max)
+  kept = [int(np.argmin(np.abs(finite - target))) for target in targets]
+  kept[-1] = abar.size - 1
+  if len(set(kept)) != count:
+    raise ValueError(f"respacing spec {spec!r}: {count} levels map to fewer distinct "
+                     f"timesteps of {abar.size}; take fewer steps")
+  return sorted(kept)
+
+
+def _explicit_steps(spec: str, num_timesteps: int) -> list[int]:
+  """"timesteps:999,600,0": the listed original timesteps."""
+  try:
+    steps = sorted({int(v) for v in spec[len("timesteps:"):].split(",")})
+  except ValueError:
+    raise ValueError(f"respacing spec {spec!r}: expected 'timesteps:' and comma-separated "
+                     "timesteps, e.g. 'timesteps:999,500,0'") from None
+  if steps[0] < 0 or steps[-1] >= num_timesteps:
+    raise ValueError(f"respacing spec {spec!r}: timesteps must lie in [0, {num_timesteps})")
+  return steps
+
+
+def space_timesteps(num_timesteps: int, spec: str | int, alphas_cumprod=None) -> list[int]:
   """The original step indices that a respacing spec keeps, ascending.
 
   Args:
@@ -205,12 +276,22 @@ def space_timesteps(num_timesteps: int, spec: str | int) -> list[int]:
       (sections of T // n, the first T % n one longer) and section i keeps n_i
       evenly strided steps, its first and last included; "ddimN": the DDIM
       paper's integer stride; "fast27": "10,10,3,2,2" with the last step
-      replaced by T - 3 (GLIDE's upsampler).
+      replaced by T - 3 (GLIDE's upsampler); "timesteps:999,600,0" the
+      listed ones; "logsnrN" and "karrasN" levels by noise level
+      (`spaced_by_level`, which needs `alphas_cumprod`).
+    alphas_cumprod: [T] the schedule's, for the spacings by noise level.
 
   Returns:
     The sorted list of kept indices.
   """
   spec = str(spec).strip()
+  if spec.startswith("timesteps:"):
+    return _explicit_steps(spec, num_timesteps)
+  if _level_spacing(spec) is not None:
+    if alphas_cumprod is None:
+      raise ValueError(f"respacing spec {spec!r} spaces by noise level: give the "
+                       "schedule's alphas_cumprod")
+    return spaced_by_level(alphas_cumprod, spec)
   if spec == "fast27":
     try:
       steps = space_timesteps(num_timesteps, "10,10,3,2,2")
@@ -261,8 +342,8 @@ def respace(schedule: Schedule, spec: str | int) -> Schedule:
   Returns:
     The respaced `Schedule`; `.timesteps` holds original indices.
   """
-  kept = space_timesteps(schedule.num_timesteps, spec)
   abar = np.cumprod(_float64_alphas(schedule))
+  kept = space_timesteps(schedule.num_timesteps, spec, abar)
   kept_abar = abar[kept]
   betas = 1.0 - kept_abar / np.append(1.0, kept_abar[:-1])
   timesteps = np.asarray(schedule.timesteps)[kept]

@@ -116,3 +116,31 @@ def test_multistep_solvers_compose_with_inpainting_and_edits_and_refuse_repaint(
 
 def test_the_config_offers_every_method():
   assert tuple(config_lib._CHOICES["sample.method"]) == sampling.METHODS
+
+
+def test_spacings_by_noise_level_and_explicit_timesteps():
+  """logsnrN: the kept steps' lambdas are uniform from t = 0 to -5.1 (each
+  within one timestep's lambda gap of its target), then T - 1; karrasN:
+  sigma / alpha follows the rho = 7 ramp up to 80; an explicit list is kept
+  as given; too many levels for T is a one-line error."""
+  base = schedules.make_schedule("cosine", 1000)
+  abar = np.asarray(base.alphas_cumprod, np.float64)
+  lam = 0.5 * (np.log(abar) - np.log1p(-abar))
+  kept = schedules.space_timesteps(1000, "logsnr10", base.alphas_cumprod)
+  assert len(kept) == 10 and kept[0] == 0 and kept[-1] == 999
+  targets = np.linspace(lam[0], schedules.LAMBDA_MIN, 10)
+  gaps = np.abs(np.diff(lam))
+  for t, target in zip(kept[:-1], targets[:-1]):
+    assert abs(lam[t] - target) <= gaps[max(t - 1, 0)] + gaps[min(t, 998)], (t, target)
+  kept = schedules.space_timesteps(1000, "karras8", base.alphas_cumprod)
+  sigma = np.exp(-lam)
+  ramp = (sigma[0] ** (1 / 7) + np.linspace(0, 1, 8) * (80 ** (1 / 7) - sigma[0] ** (1 / 7))) ** 7
+  np.testing.assert_allclose(np.log(sigma[kept[:-1]]), np.log(ramp[:-1]), atol=0.05)
+  assert kept[-1] == 999
+  fast = schedules.respace(base, "timesteps:999,400,0")
+  np.testing.assert_array_equal(fast.timesteps, [0, 400, 999])
+  np.testing.assert_allclose(fast.alphas_cumprod, abar[[0, 400, 999]], rtol=1e-6)
+  with pytest.raises(ValueError, match="map to fewer distinct timesteps"):
+    schedules.space_timesteps(1000, "logsnr900", base.alphas_cumprod)
+  with pytest.raises(ValueError, match="spaces by noise level: give the schedule"):
+    schedules.space_timesteps(1000, "karras10")

@@ -79,7 +79,8 @@ class SampleSettings:
     if self.method not in sampling.METHODS:
       raise ValueError(f"unknown sample.method {self.method!r}; choose one of "
                        f"{list(sampling.METHODS)}")
-    schedules.space_timesteps(spec.schedule.num_timesteps, self.steps)
+    schedules.space_timesteps(spec.schedule.num_timesteps, self.steps,
+                              spec.schedule.alphas_cumprod)
     if self.eta < 0:
       raise ValueError(f"sample.eta must be >= 0, got {self.eta}")
     if self.guidance_scale != 1.0 and spec.null_cond(1) is None:
@@ -201,7 +202,8 @@ class Sampler:
   def encode(self, params, x0: np.ndarray, cond: Mapping[str, np.ndarray],
              steps: str = "50") -> np.ndarray:
     """x_T [B, S, S, C]: the DDIM ODE run forward from images x0 in [-1, 1]."""
-    schedules.space_timesteps(self.spec.schedule.num_timesteps, steps)
+    schedules.space_timesteps(self.spec.schedule.num_timesteps, steps,
+                              self.spec.schedule.alphas_cumprod)
     batch = x0.shape[0]
     padded = self._padded(batch)
     fn = self._program(("encode", str(steps), padded), lambda: self._build_encode(str(steps)))
