@@ -54,6 +54,8 @@ setup(
         # CPU build is enough: pip install torch --index-url
         # https://download.pytorch.org/whl/cpu, before this extra.
         "convert": ["torch>=2.5,<=2.13.0"],
+        # tests/data/diffusers_parity.py writes the solvers' reference data.
+        "parity": ["torch>=2.5,<=2.13.0", "diffusers>=0.30"],
     },
     entry_points={"console_scripts": ["diffusion-jax=diffusion_jax.main:run"]},
     license="Apache-2.0",

@@ -26,7 +26,7 @@ from diffusion_jax import oracles, sampling, schedules  # noqa: E402
 MIXTURE = oracles.GaussianMixture(weights=[0.5, 0.3, 0.2],
                                   means=[[1.0, 1.0], [-1.0, 0.0], [0.5, -1.0]],
                                   stds=[0.15, 0.25, 0.2])
-METHODS = ("ddim", "dpmpp_2m", "dpmpp_3m", "heun")
+METHODS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "heun")
 STEPS = (10, 20, 40, 80, 160)
 
 

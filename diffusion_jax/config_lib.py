@@ -385,7 +385,7 @@ _CHOICES = {
     "diffusion.loss_weighting": ("none", "min_snr", "edm"),
     "optim.schedule": ("constant", "cosine", "linear"),
     "sample.method": ("ddpm", "ddim", "euler", "euler_ancestral", "dpmpp_2m", "dpmpp_3m",
-                      "dpmpp_2m_sde", "heun"),
+                      "dpmpp_2m_sde", "unipc", "heun"),
     "eval.features": ("evaluator", "inception"),
 }
 

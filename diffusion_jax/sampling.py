@@ -24,7 +24,7 @@ from diffusion_jax.schedules import Schedule
 
 # method -> network evaluations per step (Heun: two, one at the last step).
 METHODS = ("ddpm", "ddim", "euler", "euler_ancestral", "dpmpp_2m", "dpmpp_3m",
-           "dpmpp_2m_sde", "heun")
+           "dpmpp_2m_sde", "unipc", "heun")
 ALIASES = {"euler": ("ddim", 0.0), "euler_ancestral": ("ddim", 1.0)}
 ONE_STEP = ("ddpm", "ddim", "euler", "euler_ancestral")  # no history: RePaint can jump back
 
@@ -116,6 +116,10 @@ def solver_step(model_fn, schedule: Schedule, x_t, t, rng, history, method: str,
   eps, pred_x0 = _guided_eps_x0(schedule, out, x_t, t, t_model, opts, cond)
   if method == "heun":
     return heun_step(model_fn, schedule, x_t, t, eps, pred_x0, opts, cond), pred_x0, history
+  if method == "unipc":
+    x_next, history = solvers.unipc_step(schedule, x_t, pred_x0, t[0], history,
+                                         schedule.num_timesteps)
+    return x_next, pred_x0, history
   noise = jax.random.normal(rng, x_t.shape, jnp.float32)
   x_next, history = solvers.dpmpp_step(schedule, x_t, pred_x0, t[0], history,
                                        solvers.MULTISTEP[method], schedule.num_timesteps,
@@ -398,7 +402,8 @@ def sample(model_fn: Callable, schedule: Schedule, shape: Sequence[int],
     rng: a PRNG key; the starting noise and every step's noise derive from it.
     method: "ddpm" (ancestral), "ddim", "euler" (DDIM at eta 0),
       "euler_ancestral" (DDIM at eta 1), "dpmpp_2m", "dpmpp_3m",
-      "dpmpp_2m_sde" (DPM-Solver++) or "heun" (two network evaluations a
+      "dpmpp_2m_sde" (DPM-Solver++), "unipc" (UniPC bh2, order 2) or
+      "heun" (two network evaluations a
       step, one at the last).
     eta: DDIM's noise scale; 0 is deterministic, 1 is ancestral with beta~
       (ignored by the other methods).
