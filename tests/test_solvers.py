@@ -171,3 +171,25 @@ def test_multistep_solvers_reproduce_diffusers(kind):
                             method=method, x_T=jnp.asarray(data["x_T"]), clip_denoised=False)
       error = np.abs(np.asarray(got) - want).max() / np.abs(want).max()
       assert error < bound, (method, steps, error)
+
+
+def test_a_bundle_samples_with_a_solver_and_cfg_compiled_once(trained_workdir, monkeypatch):
+  """`Bundle.sample(method="dpmpp_2m")` with classifier-free guidance: a new
+  scale and new labels reuse the compiled program (no new trace of the
+  network), and another solver compiles its own."""
+  from diffusion_jax.inference import loading
+  from diffusion_jax.inference.spec import ModelSpec
+  bundle = loading.load(trained_workdir)
+  traces = []
+  apply = ModelSpec.apply
+  monkeypatch.setattr(ModelSpec, "apply",
+                      lambda *args, **kwargs: (traces.append(1), apply(*args, **kwargs))[1])
+  first = bundle.sample(labels=[0, 1], method="dpmpp_2m", steps="4", guidance_scale=2.0)
+  traced = len(traces)
+  again = bundle.sample(labels=[2, 3], method="dpmpp_2m", steps="4", guidance_scale=4.0,
+                        seed=1)
+  assert len(traces) == traced > 0
+  assert first.shape == again.shape == (2, 16, 16, 3)
+  assert np.all(np.abs(again) <= 1) and not np.allclose(first, again)
+  bundle.sample(labels=[0, 1], method="unipc", steps="4", guidance_scale=2.0)
+  assert len(traces) > traced
