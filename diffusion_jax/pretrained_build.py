@@ -33,7 +33,8 @@ SOURCES = {
                        "at 3,000 steps"),
     "shapes-clip": ("clip", "configs/shapes_clip.py"),
     "shapes-classifier": ("guidance/shapes_classifier", "configs/shapes_classifier.py"),
-    "shapes-classes": ("guidance/shapes", "configs/shapes_class_cond.py (the main job)"),
+    "shapes-classes": ("recipe/v_seed0", "configs/shapes_class_cond.py (the main job, "
+                       "v-prediction; benchmarks/recipe.py's run of it, seed 0)"),
     "digits-classes": ("guidance/digits", "configs/digits_class_cond.py"),
 }
 STORAGE = "float16"
