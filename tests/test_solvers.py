@@ -193,3 +193,19 @@ def test_a_bundle_samples_with_a_solver_and_cfg_compiled_once(trained_workdir, m
   assert np.all(np.abs(again) <= 1) and not np.allclose(first, again)
   bundle.sample(labels=[0, 1], method="unipc", steps="4", guidance_scale=2.0)
   assert len(traces) > traced
+
+
+@pytest.mark.parametrize("method", ["dpmpp_2m", "unipc", "heun"])
+def test_solvers_with_the_exact_classifier_sample_its_class(method):
+  """Classifier guidance composes with the solvers as a shift of the guided
+  eps: at scale 1 with the exact posterior p(y | x_t), the unconditional
+  model's samples are component y's (guidance applied twice, or to the
+  unguided prediction in the history, leaves them elsewhere)."""
+  from diffusion_jax import guidance
+  base = schedules.make_schedule("cosine", 1000)
+  model = MIXTURE.model_fn(base)
+  classifier = guidance.classifier(MIXTURE.class_log_prob_fn(base), scale=1.0)
+  x = sampling.sample(lambda x, t, **unused: model(x, t), schedules.respace(base, "30"),
+                      (N, 2), jax.random.key(14), method=method, clip_denoised=False,
+                      cond_fn=classifier, y=jnp.full((N,), 2))
+  assert_matches_mixture(x, np.eye(3)[2])
