@@ -7,6 +7,7 @@ notebooks). Durations are `*_steps`/`*_every` in train steps.
 from __future__ import annotations
 
 import ml_collections
+import numpy as np
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -416,11 +417,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   if train.lock_stale_after <= 2 * train.lock_renew_every:
     raise ValueError(f"train.lock_stale_after is {train.lock_stale_after!r}; it must exceed "
                      f"twice train.lock_renew_every ({train.lock_renew_every!r})")
-  from diffusion_jax import schedules  # the respacing spec, against T
-  schedules.respace(schedules.make_schedule(config.diffusion.schedule,
-                                            config.diffusion.num_timesteps,
-                                            config.diffusion.zero_terminal_snr),
-                    config.sample.steps)
+  _check_spacing(config)
   _check_recipe(config)
   if config.sample.use_ema and config.sample.ema_sigma_rel > 0:
     kept = [f"{r:g}" for r in config.train.ema_sigma_rels]
@@ -432,6 +429,15 @@ def check(config: ml_collections.ConfigDict) -> None:
   if config.sample.use_ema and f"{config.sample.ema_rate:g}" not in rates:
     raise ValueError(f"sample.ema_rate {config.sample.ema_rate:g} is not one of "
                      f"train.ema_rates ({', '.join(rates)})")
+
+
+def _check_spacing(config: ml_collections.ConfigDict) -> None:
+  """The respacing spec against the schedule, in numpy: no JAX call may come
+  before `jax.distributed.initialize`."""
+  from diffusion_jax import schedules
+  d = config.diffusion
+  betas = schedules.named_betas(d.schedule, d.num_timesteps, d.zero_terminal_snr)  # [T]
+  schedules.space_timesteps(d.num_timesteps, config.sample.steps, np.cumprod(1.0 - betas))
 
 
 def _check_recipe(config: ml_collections.ConfigDict) -> None:

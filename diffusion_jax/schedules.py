@@ -132,6 +132,17 @@ _BETA_FNS = {"linear": linear_betas, "cosine": cosine_betas,
              "squaredcos_cap_v2": cosine_betas}
 
 
+def named_betas(kind: str, num_timesteps: int, zero_terminal_snr: bool = False) -> np.ndarray:
+  """A named schedule's betas [T] in float64 numpy (no JAX call, so a config
+  can be checked before `jax.distributed.initialize`); see `make_schedule`."""
+  if kind not in _BETA_FNS:
+    raise ValueError(f"unknown schedule {kind!r}; choose one of {sorted(_BETA_FNS)}")
+  if not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
+    raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps!r}")
+  betas = _BETA_FNS[kind](int(num_timesteps))
+  return rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas
+
+
 def make_schedule(kind: str, num_timesteps: int, zero_terminal_snr: bool = False) -> Schedule:
   """Makes a named schedule.
 
@@ -145,14 +156,7 @@ def make_schedule(kind: str, num_timesteps: int, zero_terminal_snr: bool = False
   Returns:
     The `Schedule` with `timesteps = arange(T)`.
   """
-  if kind not in _BETA_FNS:
-    raise ValueError(f"unknown schedule {kind!r}; choose one of {sorted(_BETA_FNS)}")
-  if not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
-    raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps!r}")
-  betas = _BETA_FNS[kind](int(num_timesteps))
-  if zero_terminal_snr:
-    betas = rescale_zero_terminal_snr(betas)
-  return schedule_from_betas(betas)
+  return schedule_from_betas(named_betas(kind, num_timesteps, zero_terminal_snr))
 
 
 def _section_steps(start: int, size: int, count: int, spec: str) -> list[int]:

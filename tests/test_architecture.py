@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "diffusion_jax"
 FLOORS = (
     ("platform", "validation", "visualize", "schedules", "parallel",  # foundations
      "text", "faults", "pretrained"),  # tokenizers; fault injection; shipped models' manifest
-    ("diffusion", "oracles", "guidance", "sampling", "masks", "likelihood"),  # the math
+    ("diffusion", "solvers", "oracles", "guidance", "sampling", "masks", "likelihood"),  # the math
     ("models", "data", "checkpoint", "config_lib"),  # networks, datasets, storage
     ("inference",),  # a trained model: spec, loading, sampler, sample files
     ("training", "evaluation", "openai"),  # the loop; judging samples; released models

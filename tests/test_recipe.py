@@ -96,6 +96,30 @@ def test_log_normal_timesteps_put_edm_mass_on_the_discrete_levels():
   np.testing.assert_allclose(coarse(counts), coarse(probs), atol=4e-3)
 
 
+@pytest.mark.parametrize("sampler", ["uniform", "log_normal"])
+def test_the_train_step_draws_t_from_the_configured_distribution(sampler):
+  """A model eps_hat = x_t on x_0 = 0 has loss (sqrt(1 - abar_t) - 1)^2 eps^2,
+  so the step's mean loss is that factor's mean under the t the step draws:
+  0.48 under the log-normal, 0.22 uniform. A step that ignores the option
+  (as the first recipe runs did) gives the uniform figure for both."""
+  import types
+
+  import optax
+  from diffusion_jax.training import state as state_lib
+  spec = types.SimpleNamespace(
+      schedule=COSINE, parameterization="eps", variance="fixed_small",
+      training_cond=lambda batch, rng, dropout: {},
+      apply=lambda params, x_t, t, rngs=None, train=True: params["w"] * x_t)
+  step = jax.jit(steps.make_diffusion_step(spec, optax.sgd(0.0), timestep_sampler=sampler))
+  state = state_lib.init_state({"w": jnp.ones(())}, optax.sgd(0.0), (), jax.random.PRNGKey(0))
+  _, logged = step(state, {"image": jnp.zeros((4096, 4, 4, 1))})
+  abar = np.asarray(COSINE.alphas_cumprod, np.float64)
+  probs = (diffusion.log_normal_probabilities(COSINE) if sampler == "log_normal"
+           else np.full(T, 1.0 / T))
+  want = np.sum(probs * (np.sqrt(1.0 - abar) - 1.0) ** 2)
+  assert abs(float(logged["loss"]) - want) < 0.015, (float(logged["loss"]), want)  # 3 s.e.
+
+
 def test_zero_terminal_snr_rescales_sqrt_abar_affinely():
   """Lin et al.: sqrt(abar) shifted to end at 0 and scaled to start where it
   did; the last beta is 1, and a v prediction still gives x_0 (and eps = x_t)."""

@@ -156,7 +156,8 @@ def test_different_config_in_workdir_is_refused(tmp_path, trained_workdir):
   assert list(workdir.glob("checkpoints.replaced-*/4"))
   result = cli(workdir, "--config.train.num_steps=5")  # the CLI: one line, status 2
   assert result.returncode == 2
-  assert "holds a run of a different config (model.attention_resolutions" in error_line(result)
+  assert ("holds a run of a different config (diffusion.parameterization: 'eps' -> 'v'; "
+          "model.attention_resolutions") in error_line(result)
 
 
 def test_a_field_added_since_the_run_started_counts_at_its_default():

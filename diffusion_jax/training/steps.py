@@ -98,18 +98,24 @@ def make_diffusion_step(spec: ModelSpec, optimizer: optax.GradientTransformation
     vlb_weight: lambda of the hybrid loss (`diffusion.training_losses`).
     cond_dropout: probability of replacing each conditioning input by its
       null value (classifier-free guidance).
-    timestep_sampler: "uniform", or "loss_second_moment" (importance
-      sampling by the loss history kept in `state.loss_history`).
+    timestep_sampler: "uniform", "loss_second_moment" (importance
+      sampling by the loss history kept in `state.loss_history`) or
+      "log_normal" (EDM's ln sigma ~ N(recipe.log_normal_mean,
+      recipe.log_normal_std^2), part of the objective: weights 1).
     ema_warmup: see `ema_decay`.
   """
   diffusion.check_choice("diffusion.timestep_sampler", timestep_sampler, TIMESTEP_SAMPLERS)
   schedule = spec.schedule
+  probabilities = None  # [T] a fixed distribution of t, or None
+  if timestep_sampler == "log_normal":
+    probabilities = jnp.asarray(diffusion.log_normal_probabilities(
+        schedule, recipe.log_normal_mean, recipe.log_normal_std))
 
   def loss_fn(params, batch, rng, history):
     x0 = batch["image"]
     t_rng, noise_rng, cond_rng, dropout_rng = jax.random.split(rng, 4)
     t, weights = diffusion.sample_timesteps(t_rng, x0.shape[0], schedule.num_timesteps,
-                                            history)
+                                            history, probabilities=probabilities)
     noise = jax.random.normal(noise_rng, x0.shape, jnp.float32)
     x_t = diffusion.q_sample(schedule, x0, t, noise)
     cond = spec.training_cond(batch, cond_rng, cond_dropout)
