@@ -62,6 +62,12 @@ RECIPES = {
             "diffusion.timestep_sampler": "log_normal"},
     "v_min_snr_cosine": {"diffusion.parameterization": "v", "diffusion.loss_weighting": "min_snr",
                          "optim.schedule": "cosine"},
+    # Is v at 1,300 steps undertrained? The same run twice as long (with a
+    # constant rate, v's workdir copied at 1,300 continues it exactly).
+    "v_long": {"diffusion.parameterization": "v", "train.num_steps": 2600},
+    # The main job's 10 minutes spent otherwise: half the batch, twice the steps.
+    "v_batch32": {"diffusion.parameterization": "v", "data.batch_size": 32,
+                  "train.num_steps": 2600},
 }
 SAMPLERS = {"ddpm100": dict(method="ddpm", steps="100"),
             "ddim50_eta0": dict(method="ddim", eta=0.0, steps="50")}
@@ -88,13 +94,14 @@ def parse_args(argv=None):
 
 
 def recipe_config(name: str, seed: int, args) -> ml_collections.ConfigDict:
-  """The main job's config with recipe `name`'s overrides, `args.steps` long."""
+  """The main job's config with recipe `name`'s overrides, `args.steps` long
+  unless the recipe sets `train.num_steps`."""
   config = importlib.import_module("configs.shapes_class_cond").get_config("")
+  config.train.num_steps = args.steps  # a recipe may set its own length
   for key, value in {**ADM2021, **RECIPES[name]}.items():
     section, field = key.split(".")
     config[section][field] = value
   config.seed = seed
-  config.train.num_steps = args.steps
   config.train.checkpoint_every = args.eval_every
   config.train.keep_every = args.eval_every
   config.train.sample_every = 0

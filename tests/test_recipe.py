@@ -3,16 +3,19 @@ per prediction target, EDM's log-normal timesteps on a discrete schedule,
 zero terminal SNR, the learning-rate decays, EDM2's power EMA, and the
 residual-noise measure (docs/recipe.md)."""
 import math
+import types
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from diffusion_jax import config_lib, diffusion, guidance, oracles, sampling, schedules
 from diffusion_jax.evaluation import metrics
 from diffusion_jax.training import optimizer, steps
+from diffusion_jax.training import state as state_lib
 
 T = 1000
 COSINE = schedules.make_schedule("cosine", T)
@@ -102,10 +105,6 @@ def test_the_train_step_draws_t_from_the_configured_distribution(sampler):
   so the step's mean loss is that factor's mean under the t the step draws:
   0.48 under the log-normal, 0.22 uniform. A step that ignores the option
   (as the first recipe runs did) gives the uniform figure for both."""
-  import types
-
-  import optax
-  from diffusion_jax.training import state as state_lib
   spec = types.SimpleNamespace(
       schedule=COSINE, parameterization="eps", variance="fixed_small",
       training_cond=lambda batch, rng, dropout: {},
