@@ -146,8 +146,13 @@ def heun_step(model_fn, schedule: Schedule, x_t, t, eps, pred_x0, opts: StepOpti
   # The first step, from the top of the schedule, is Euler's too: there
   # sigma / alpha is 20,000 on the cosine schedule (abar 2.4e-9), and the
   # trapezoid's correction, (sigma_next - sigma) / 2 times a change of eps,
-  # would be multiplied by it.
-  corrects = (t[0] > 0) & (t[0] < schedule.num_timesteps - 1)
+  # would be multiplied by it. So is the last real step (into t = 0 where
+  # the schedule keeps it, as the multistep solvers' first order there): its
+  # correction needs eps at a level within 1e-4 of the data, which no model
+  # knows (a trained one's is half noise), times half the long last step's
+  # sigma: every 6-step Heun sample of shapes-classes ended covered by noise.
+  corrects = ((t[0] > solvers.final_index(schedule))
+              & (t[0] < schedule.num_timesteps - 1))
   return jax.lax.cond(corrects, corrected, lambda euler: euler, euler)
 
 
@@ -404,7 +409,7 @@ def sample(model_fn: Callable, schedule: Schedule, shape: Sequence[int],
       "euler_ancestral" (DDIM at eta 1), "dpmpp_2m", "dpmpp_3m",
       "dpmpp_2m_sde" (DPM-Solver++), "unipc" (UniPC bh2, order 2) or
       "heun" (two network evaluations a
-      step, one at the last).
+      step, one at the first and at the last real one).
     eta: DDIM's noise scale; 0 is deterministic, 1 is ancestral with beta~
       (ignored by the other methods).
     clip_denoised: clip each predicted x_0 to [-1, 1].
