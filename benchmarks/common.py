@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import pathlib
 import platform
 import subprocess
 import time
@@ -49,6 +51,18 @@ def best_of(fn, repeats: int) -> float:
     fn()
     times.append(time.perf_counter() - start)
   return min(times)
+
+
+def resumable_results(out: str, empty: dict):
+  """(results, save) of a resumable benchmark: the JSON at `out` (or `empty`
+  where there is none yet), and a function that writes it back whole."""
+  path = pathlib.Path(out)
+  results = json.loads(path.read_text()) if path.exists() else empty
+
+  def save():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+  return results, save
 
 
 def markdown_table(header, rows) -> list[str]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import pathlib
 import statistics
 import sys
@@ -35,7 +34,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import sample_quality  # noqa: E402
 
-from common import environment, markdown_table, save_figure  # noqa: E402
+from common import environment, markdown_table, resumable_results, save_figure  # noqa: E402
 from diffusion_jax.evaluation import eval_mode, metrics  # noqa: E402
 from diffusion_jax.evaluation import evaluator as evaluator_lib  # noqa: E402
 from diffusion_jax.inference import loading  # noqa: E402
@@ -171,16 +170,11 @@ def evaluate(run_key: str, workdir: str, judge: Judge, results: dict, args, save
 
 def main(argv=None):
   args = parse_args(argv)
-  out = pathlib.Path(args.out)
-  results = json.loads(out.read_text()) if out.exists() else {"runs": {}}
+  results, save = resumable_results(args.out, {"runs": {}})
   if args.report_only:
     report(results, args)
     return
   results.update(environment=environment(), args=vars(args))
-
-  def save():
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
 
   seeds = [int(s) for s in args.seeds.split(",")]
   names = args.recipes.split(",")

@@ -25,7 +25,6 @@ leaves whole curves).
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -36,7 +35,7 @@ sys.path.insert(1, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/
 import numpy as np  # noqa: E402
 from recipe import Judge  # noqa: E402
 
-from common import environment, markdown_table, save_figure  # noqa: E402
+from common import environment, markdown_table, resumable_results, save_figure  # noqa: E402
 from diffusion_jax import visualize  # noqa: E402
 from diffusion_jax.inference import loading, outputs  # noqa: E402
 
@@ -89,16 +88,11 @@ def draw(bundle, guide, method: str, steps: int, seed: int, args):
 
 def main(argv=None):
   args = parse_args(argv)
-  out = pathlib.Path(args.out)
-  results = json.loads(out.read_text()) if out.exists() else {"points": {}}
+  results, save = resumable_results(args.out, {"points": {}})
   if args.report_only:
     report(results, args)
     return
   results.update(environment=environment(), args=vars(args))
-
-  def save():
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
 
   bundle = loading.load(args.model)
   guide = ({} if not args.classifier else
