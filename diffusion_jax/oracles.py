@@ -102,10 +102,32 @@ class GaussianMixture:
     neg_score = jnp.sum(resp[:, :, None] * residual / variances[:, :, None], 1)
     return (jnp.sqrt(1.0 - abar) * neg_score).reshape(x.shape)
 
-  def model_fn(self, schedule: Schedule):
-    """`model_fn(x_t, t, y=None)`: exact eps; label K (or none) = unconditional."""
+  def x0_at(self, x, abar, y=None):
+    """Exact E[x_0 | x_t] (y as in `eps_at`), finite where abar = 0 (the
+    mixture's mean there, or its component y's)."""
+    flat = _flat(x)
+    log_joint, residual, variances = self._log_joint(flat, abar)
+    resp = jax.nn.softmax(log_joint, axis=-1)  # [B, K]
+    if y is not None:
+      resp = jnp.where((y >= self.num_components)[:, None], resp,
+                       jax.nn.one_hot(y, self.num_components))
+    # E[x_0 | x_t, k] = m_k + sqrt(abar) s_k^2 (x_t - sqrt(abar) m_k) / v_k
+    gain = jnp.sqrt(abar) * self.stds[None] ** 2 / variances  # [B, K]
+    posterior = self.means[None] + gain[:, :, None] * residual  # [B, K, d]
+    return jnp.sum(resp[:, :, None] * posterior, 1).reshape(x.shape)
+
+  def model_fn(self, schedule: Schedule, parameterization: str = "eps"):
+    """`model_fn(x_t, t, y=None)`: the exact eps (or v, or x_0, each exact
+    where abar = 0 too); label K (or none) = unconditional."""
     def fn(x_t, t, y=None):
-      return self.eps_at(x_t, _abar(schedule, t), y)
+      abar = _abar(schedule, t)
+      if parameterization == "eps":
+        return self.eps_at(x_t, abar, y)
+      x0 = self.x0_at(x_t, abar, y)
+      if parameterization == "x0":
+        return x0
+      shaped = abar.reshape((-1,) + (1,) * (x_t.ndim - 1))
+      return jnp.sqrt(shaped) * self.eps_at(x_t, abar, y) - jnp.sqrt(1.0 - shaped) * x0
     return fn
 
   def class_log_prob_fn(self, schedule: Schedule):

@@ -60,7 +60,10 @@ def _guided_eps_x0(schedule, out, x, t, t_model, opts, cond):
   if opts.cond_fn is None:
     return out.pred_eps, out.pred_x0
   eps = shift_eps(schedule, out.pred_eps, x, t, opts.cond_fn(x, t_model, **cond))
-  return eps, diffusion.x0_from_eps(schedule, x, t, eps)
+  # Where abar = 0 (a zero-terminal-SNR schedule's top) x_0 cannot be had
+  # from eps, and the shift leaves it unchanged: x_t holds no signal there.
+  signal = diffusion.extract(schedule.alphas_cumprod, t, x.ndim) > 0
+  return eps, jnp.where(signal, diffusion.x0_from_eps(schedule, x, t, eps), out.pred_x0)
 
 
 def _not_last(t, ndim):

@@ -249,3 +249,25 @@ def test_every_sampling_path_takes_each_prediction_target():
     for name, run in _paths(base, target).items():
       np.testing.assert_allclose(np.asarray(run(other)), want[name], atol=2e-3,
                                  err_msg=f"{name} with a {target} model")
+
+
+@pytest.mark.parametrize("method", ["ddim", "dpmpp_2m", "heun"])
+def test_guidance_on_a_zero_terminal_snr_schedule_stays_finite(method):
+  """At abar_T = 0 x_0 cannot be had from the guided eps (inf * x - inf * eps
+  was NaN in every sample); the shift leaves x_0 unchanged there. A zero
+  guide's samples equal the unguided ones."""
+  base = schedules.make_schedule("linear", T, zero_terminal_snr=True)
+  model = MIXTURE.model_fn(base, "v")
+  np.testing.assert_allclose(  # the exact v is the eps model's v wherever abar > 0
+      model(jnp.ones((2, 2)), jnp.array([500, 900])),
+      oracles.as_prediction(MIXTURE.model_fn(base), base, "v")(jnp.ones((2, 2)),
+                                                               jnp.array([500, 900])),
+      atol=1e-5)
+  schedule = schedules.respace(base, "10")
+
+  def draw(**guide):
+    return np.asarray(sampling.sample(model, schedule, (64, 2), jax.random.key(0), method=method,
+                                      parameterization="v", clip_denoised=False, **guide))
+  guided = draw(cond_fn=lambda x, t, **cond: jnp.zeros_like(x))
+  assert np.all(np.isfinite(guided))
+  np.testing.assert_allclose(guided, draw(), atol=1e-5)
