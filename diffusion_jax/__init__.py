@@ -33,7 +33,7 @@ def list_models() -> list[str]:
   return pretrained.names()
 
 
-def load(path, ema_rate=None, kind=None):
+def load(path, ema_rate=None, kind=None, step=None):
   """A trained model: a shipped one by name (`list_models()`, no network),
   an export folder or a training workdir; see
   `diffusion_jax.inference.loading.load`.
@@ -43,4 +43,4 @@ def load(path, ema_rate=None, kind=None):
       damaged files.
   """
   from diffusion_jax.inference import loading
-  return loading.load(path, ema_rate, kind)
+  return loading.load(path, ema_rate, kind, step)

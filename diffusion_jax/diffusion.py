@@ -315,6 +315,7 @@ def loss_weight(sched: Schedule, t: jax.Array, parameterization: str,
   - "none": 1 on the prediction (L_simple);
   - "min_snr": min(SNR, gamma) on x_0 (Hang et al. 2023): min(SNR, gamma) /
     SNR for eps, min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) for x0;
+    1 on the prediction where SNR = 0;
   - "edm": EDM's lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma
     sigma_data)^2 on x_0 (Karras et al. 2022), sigma^2 = 1 / SNR: SNR +
     1 / sigma_data^2; for v, (SNR + 1 / sigma_data^2) / (SNR + 1), which is
@@ -337,7 +338,11 @@ def loss_weight(sched: Schedule, t: jax.Array, parameterization: str,
   if weighting == "min_snr":
     if parameterization == "eps":  # min(SNR, gamma) / SNR, finite at SNR = 0
       return jnp.minimum(1.0, snr_gamma / snr_t)
-    return jnp.minimum(snr_t, snr_gamma) * x0_mse_factor(snr_t, parameterization)
+    # At SNR = 0 (zero terminal SNR) min(SNR, gamma) would leave the one
+    # step that exists to be trained with no gradient; it keeps weight 1 on
+    # the prediction there, as diffusers' scripts do.
+    weight = jnp.minimum(snr_t, snr_gamma) * x0_mse_factor(snr_t, parameterization)
+    return jnp.where(snr_t > 0, weight, 1.0)
   if parameterization == "eps":
     raise ValueError("the 'edm' loss weighting needs a v or x0 model: for eps it is "
                      "1 + 1 / (sigma_data^2 SNR), unbounded where SNR reaches 0")

@@ -112,16 +112,17 @@ def ddim_step(model_fn, schedule: Schedule, x_t, t, rng, eta=0.0,
 
 
 def solver_step(model_fn, schedule: Schedule, x_t, t, rng, history, method: str,
-                opts: StepOptions = StepOptions(), **cond):
+                opts: StepOptions = StepOptions(), keep=None, **cond):
   """One step of a high-order solver (`solvers.py`): (x at the level below,
-  the data prediction, the updated history)."""
+  the data prediction, the updated history). `keep`: the known pixels'
+  mask where they are pasted into each x_t (UniPC's corrector keeps them)."""
   out, t_model = _model_step(model_fn, schedule, x_t, t, opts, cond)
   eps, pred_x0 = _guided_eps_x0(schedule, out, x_t, t, t_model, opts, cond)
   if method == "heun":
     return heun_step(model_fn, schedule, x_t, t, eps, pred_x0, opts, cond), pred_x0, history
   if method == "unipc":
     x_next, history = solvers.unipc_step(schedule, x_t, pred_x0, t[0], history,
-                                         schedule.num_timesteps)
+                                         schedule.num_timesteps, keep)
     return x_next, pred_x0, history
   noise = jax.random.normal(rng, x_t.shape, jnp.float32)
   x_next, history = solvers.dpmpp_step(schedule, x_t, pred_x0, t[0], history,
@@ -315,8 +316,9 @@ def _sample(schedule, rng, eta, x_T, cond, plan, known, init, strength, temperat
     elif loop.method == "ddim":
       x_prev, pred_x0 = ddim_step(model_fn, schedule, x, t, rng, eta, opts, **cond)
     else:
+      keep = known.mask if loop.known_mode == "x_t" else None
       x_prev, pred_x0, history = solver_step(model_fn, schedule, x, t, rng, history,
-                                             loop.method, opts, **cond)
+                                             loop.method, opts, keep, **cond)
     if loop.known_mode == "x_t":
       x_prev = _replace_known(schedule, known, x_prev, t, jax.random.fold_in(rng, 1))
     return (x_prev, history), pred_x0

@@ -141,10 +141,15 @@ def _unipc_coefficients(h):
   return phi_1, b1, b2
 
 
-def unipc_step(schedule: Schedule, x, x0, index, history: History, num_steps: int):
+def unipc_step(schedule: Schedule, x, x0, index, history: History, num_steps: int,
+               keep=None):
   """One UniPC step (bh2, order 2): the corrector UniC at this level, from
   the state before the last predictor step and this level's prediction (no
   extra network evaluation), then the predictor UniP to the level below.
+
+  `keep` ([B, ..., 1], 1 where known pixels were pasted into `x`, or None):
+  the corrector rebuilds x from its history, which would drop the paste;
+  there x is kept as given.
 
   Returns:
     (x at the level below, the updated history).
@@ -164,6 +169,8 @@ def unipc_step(schedule: Schedule, x, x0, index, history: History, num_steps: in
   first = base - alpha * phi_1 * 0.5 * (x0 - m0)
   second = base - alpha * phi_1 * (rho0 * d1 + (b1 - rho0) * (x0 - m0))
   corrected = jnp.where(history.order >= 2, second, first)
+  if keep is not None:
+    corrected = corrected * (1 - keep) + x * keep
   x = jnp.where(history.count > 0, corrected, x)
   # The predictor, from the corrected state.
   used = solver_order(2, history.count, index, num_steps, last)

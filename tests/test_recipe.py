@@ -136,6 +136,9 @@ def test_zero_terminal_snr_rescales_sqrt_abar_affinely():
   np.testing.assert_allclose(out.pred_eps, x_t, rtol=1e-6)
   for respaced in (schedules.respace(zero, "50"),):
     assert float(respaced.alphas_cumprod[-1]) == 0.0
+  for target in ("v", "x0"):  # min-SNR keeps training the last step (min(0, gamma) = 0)
+    weights = diffusion.loss_weight(zero, jnp.asarray([T - 2, T - 1]), target, "min_snr")
+    assert float(weights[1]) == 1.0 and 0.0 < float(weights[0]) < 1e-3, (target, weights)
   config = config_lib.base_config()
   config.diffusion.zero_terminal_snr = True
   with pytest.raises(ValueError, match="zero_terminal_snr needs parameterization"):
@@ -176,6 +179,10 @@ def test_power_ema_is_edm2s_profile(sigma_rel):
   k = np.arange(1, n + 1, dtype=np.float64)
   want = (k ** (gamma + 1) - (k - 1) ** (gamma + 1)) / n ** (gamma + 1)
   np.testing.assert_allclose(ema[key], want, rtol=2e-4, atol=1e-7)
+  for n in (10 ** 4, 10 ** 6):  # the update's weight keeps its precision late in a run
+    exact = -math.expm1((gamma + 1) * math.log1p(-1 / n))
+    got = float(steps.power_ema_weight(gamma, jnp.asarray(n - 1)))
+    assert got == pytest.approx(exact, rel=1e-4), (n, got, exact)
 
 
 def test_roughness_flags_noise_and_not_scenes():

@@ -139,6 +139,11 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, trained_w
   step, _ = all_params(workdir)
   assert step == 2
   assert "step 4" in caplog.text and "unreadable" in caplog.text
+  # Asked for step 4 by name, loading refuses rather than hand back step 2.
+  from diffusion_jax.inference import loading
+  with pytest.raises(ValueError, match="the checkpoint at step 4 does not read"):
+    loading.load(workdir, step=4)
+  assert loading.load(workdir, step=2).step == 2
 
 
 def test_different_config_in_workdir_is_refused(tmp_path, trained_workdir):

@@ -264,3 +264,24 @@ def test_one_step_from_the_exact_solution_errs_at_order_p_plus_1(method, low, hi
   slope = np.polyfit(np.log(strides), np.log(errors), 1)[0]
   assert low < slope < high, (errors, slope)
 
+
+
+def test_unipc_keeps_the_pasted_known_pixels_through_its_corrector():
+  """UniPC's corrector rebuilds x_t from its history; with x_t replacement
+  the pasted known pixels must survive it (without `keep`, a paste changed
+  nothing: found in review). The unknown pixels are the corrector's alone."""
+  base = schedules.respace(schedules.make_schedule("cosine", 1000), "20")
+  rng = np.random.default_rng(0)
+  x, x0, m0, m1, before = (jnp.asarray(rng.normal(size=(2, 4, 4, 1)), jnp.float32)
+                           for _ in range(5))
+  history = solvers.History(jnp.stack([m0, m1]), jnp.asarray([-2.0, -3.0]), jnp.asarray(2),
+                            before, jnp.asarray(2))
+  keep = jnp.zeros((2, 4, 4, 1)).at[:, :2].set(1.0)
+  pasted = x + 100.0 * keep
+
+  def step(state, mask):
+    return np.asarray(solvers.unipc_step(base, state, x0, 10, history, 20, mask)[0])
+  np.testing.assert_array_equal(step(x, None), step(pasted, None))  # the corrector's own x
+  with_keep, pasted_keep = step(x, keep), step(pasted, keep)
+  np.testing.assert_array_equal(with_keep[:, 2:], pasted_keep[:, 2:])
+  assert np.abs(with_keep[:, :2] - pasted_keep[:, :2]).min() > 1.0

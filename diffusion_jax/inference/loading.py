@@ -357,6 +357,9 @@ def _load_workdir(workdir: pathlib.Path, ema_rate, step: Optional[int] = None) -
     values, config_json, meta, _ = checkpointer.restore_fields((field, "step"), step)
   finally:
     checkpointer.close()
+  if step is not None and int(values["step"]) != step:  # it fell back past an unreadable one
+    raise ValueError(f"{workdir}: the checkpoint at step {step} does not read (the warning "
+                     f"above says why); the newest readable one is {int(values['step'])}")
   config = _on_base(config_json)
   info = DatasetInfo(**meta["data_info"])
   spec = make_spec(config, info)

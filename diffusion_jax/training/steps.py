@@ -57,21 +57,25 @@ def power_ema_exponent(sigma_rel: float) -> float:
   return float(max(r.real for r in roots if abs(r.imag) < 1e-9))
 
 
-def power_ema_decay(gamma: float, step: jax.Array) -> jax.Array:
-  """(1 - 1 / n)^(gamma + 1) for the n = step + 1-th update (EDM2, eq. 3):
-  the average after n updates weighs update k by k^(gamma+1) - (k-1)^(gamma+1)."""
+def power_ema_weight(gamma: float, step: jax.Array) -> jax.Array:
+  """1 - (1 - 1 / n)^(gamma + 1), the weight of the n = step + 1-th update
+  (EDM2, eq. 3): the average after n updates weighs update k by
+  k^(gamma+1) - (k-1)^(gamma+1). Computed as -expm1((gamma + 1) log1p(-1/n)):
+  as 1 minus a float32 decay it lost 1% of itself by a million steps."""
   n = step.astype(jnp.float32) + 1.0
-  return (1.0 - 1.0 / n) ** (gamma + 1.0)
+  return -jnp.expm1((gamma + 1.0) * jnp.log1p(-1.0 / n))
 
 
 def update_ema(ema_params: dict, params, step, warmup: bool) -> dict:
   """Every EMA one update on: keys of rates (`ema_decay`) and of power EMAs
-  (`inference.loading.power_ema_key`, `power_ema_decay`)."""
+  (`inference.loading.power_ema_key`, `power_ema_weight`)."""
   def update(key, average):
     sigma_rel = sigma_rel_of_key(key)
-    decay = (ema_decay(float(key), step, warmup) if sigma_rel is None
-             else power_ema_decay(power_ema_exponent(sigma_rel), step))
-    return jax.tree.map(lambda a, p: decay * a + (1 - decay) * p, average, params)
+    if sigma_rel is None:
+      decay = ema_decay(float(key), step, warmup)
+      return jax.tree.map(lambda a, p: decay * a + (1 - decay) * p, average, params)
+    weight = power_ema_weight(power_ema_exponent(sigma_rel), step)
+    return jax.tree.map(lambda a, p: a + weight * (p - a), average, params)
   return {key: update(key, average) for key, average in ema_params.items()}
 
 
