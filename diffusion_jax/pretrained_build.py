@@ -33,8 +33,9 @@ SOURCES = {
                        "at 3,000 steps"),
     "shapes-clip": ("clip", "configs/shapes_clip.py"),
     "shapes-classifier": ("guidance/shapes_classifier", "configs/shapes_classifier.py"),
-    "shapes-classes": ("recipe/v_seed0", "configs/shapes_class_cond.py (the main job, "
-                       "v-prediction; benchmarks/recipe.py's run of it, seed 0)"),
+    "shapes-classes": ("recipe/v_long_seed0", "configs/shapes_class_cond.py (the main "
+                       "job's recipe, v-prediction) at batch 64 (17 minutes): "
+                       "benchmarks/recipe.py's v_long run, seed 0"),
     "digits-classes": ("guidance/digits", "configs/digits_class_cond.py"),
 }
 STORAGE = "float16"
