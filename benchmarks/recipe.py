@@ -89,6 +89,8 @@ def parse_args(argv=None):
   parser.add_argument("--train_only", action="store_true")
   parser.add_argument("--report_only", action="store_true",
                       help="only redraw the curves and the table from --out")
+  parser.add_argument("--floor_only", action="store_true",
+                      help="only print the data floor at --num samples, as JSON")
   return parser.parse_args(argv)
 
 
@@ -170,6 +172,9 @@ def evaluate(run_key: str, workdir: str, judge: Judge, results: dict, args, save
 
 def main(argv=None):
   args = parse_args(argv)
+  if args.floor_only:
+    Judge(recipe_config("adm2021", 0, args).data, args)  # prints the floor's row
+    return
   results, save = resumable_results(args.out, {"runs": {}})
   if args.report_only:
     report(results, args)
