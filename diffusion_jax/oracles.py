@@ -89,15 +89,19 @@ class GaussianMixture:
     log_post = jax.nn.log_softmax(log_joint, axis=-1)
     return jnp.take_along_axis(log_post, y[:, None].astype(jnp.int32), -1)[:, 0]
 
+  def _posterior(self, x, abar, y):
+    """Component responsibilities [B, K] given x_t (one-hot on y where y < K),
+    residuals [B, K, d] and the noisy components' variances [B, K]."""
+    log_joint, residual, variances = self._log_joint(_flat(x), abar)
+    resp = jax.nn.softmax(log_joint, axis=-1)
+    if y is not None:
+      resp = jnp.where((y >= self.num_components)[:, None], resp,
+                       jax.nn.one_hot(y, self.num_components))
+    return resp, residual, variances
+
   def eps_at(self, x, abar, y=None):
     """Exact eps*(x_t) (y None or >= K) or eps*(x_t | y): same shape as x."""
-    flat = _flat(x)
-    log_joint, residual, variances = self._log_joint(flat, abar)
-    resp = jax.nn.softmax(log_joint, axis=-1)  # [B, K]
-    if y is not None:
-      onehot = jax.nn.one_hot(y, self.num_components)
-      unconditional = (y >= self.num_components)[:, None]
-      resp = jnp.where(unconditional, resp, onehot)
+    resp, residual, variances = self._posterior(x, abar, y)
     # -score = sum_k r_k (x - m_k) / v_k; eps = sqrt(1 - abar) * (-score)
     neg_score = jnp.sum(resp[:, :, None] * residual / variances[:, :, None], 1)
     return (jnp.sqrt(1.0 - abar) * neg_score).reshape(x.shape)
@@ -105,12 +109,7 @@ class GaussianMixture:
   def x0_at(self, x, abar, y=None):
     """Exact E[x_0 | x_t] (y as in `eps_at`), finite where abar = 0 (the
     mixture's mean there, or its component y's)."""
-    flat = _flat(x)
-    log_joint, residual, variances = self._log_joint(flat, abar)
-    resp = jax.nn.softmax(log_joint, axis=-1)  # [B, K]
-    if y is not None:
-      resp = jnp.where((y >= self.num_components)[:, None], resp,
-                       jax.nn.one_hot(y, self.num_components))
+    resp, residual, variances = self._posterior(x, abar, y)
     # E[x_0 | x_t, k] = m_k + sqrt(abar) s_k^2 (x_t - sqrt(abar) m_k) / v_k
     gain = jnp.sqrt(abar) * self.stds[None] ** 2 / variances  # [B, K]
     posterior = self.means[None] + gain[:, :, None] * residual  # [B, K, d]
