@@ -131,6 +131,13 @@ def solver_step(model_fn, schedule: Schedule, x_t, t, rng, history, method: str,
   return x_next, pred_x0, history
 
 
+# Heun's correction at the two ends of the path (heun_step). False, ours: the
+# first step and the last real step are Euler's. True: every step but the
+# one to sigma 0 is corrected, as k-diffusion and diffusers do (the parity
+# test sets it; read when the sampler is traced).
+HEUN_CORRECTS_ENDS = False
+
+
 def heun_step(model_fn, schedule: Schedule, x_t, t, eps, pred_x0, opts: StepOptions, cond):
   """Heun's method (Karras et al. 2022, Algorithm 1 without churn) on x / alpha
   against sigma / alpha: an Euler step (which is DDIM at eta 0), then the
@@ -155,8 +162,11 @@ def heun_step(model_fn, schedule: Schedule, x_t, t, eps, pred_x0, opts: StepOpti
   # correction needs eps at a level within 1e-4 of the data, which no model
   # knows (a trained one's is half noise), times half the long last step's
   # sigma: every 6-step Heun sample of shapes-classes ended covered by noise.
-  corrects = ((t[0] > solvers.final_index(schedule))
-              & (t[0] < schedule.num_timesteps - 1))
+  if HEUN_CORRECTS_ENDS:  # k-diffusion's and diffusers' Heun
+    corrects = t[0] > 0
+  else:
+    corrects = ((t[0] > solvers.final_index(schedule))
+                & (t[0] < schedule.num_timesteps - 1))
   return jax.lax.cond(corrects, corrected, lambda euler: euler, euler)
 
 
