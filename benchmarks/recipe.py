@@ -67,6 +67,12 @@ RECIPES = {
     # The main job's 10 minutes spent otherwise: half the batch, twice the steps.
     "v_batch32": {"diffusion.parameterization": "v", "data.batch_size": 32,
                   "train.num_steps": 2600},
+    # Two more ways to spend the 10 minutes: a quarter of the batch and four
+    # times the steps, and batch 32 at twice the learning rate.
+    "v_batch16": {"diffusion.parameterization": "v", "data.batch_size": 16,
+                  "train.num_steps": 5200},
+    "v_batch32_lr2e3": {"diffusion.parameterization": "v", "data.batch_size": 32,
+                        "train.num_steps": 2600, "optim.lr": 2e-3},
 }
 SAMPLERS = {"ddpm100": dict(method="ddpm", steps="100"),
             "ddim50_eta0": dict(method="ddim", eta=0.0, steps="50")}

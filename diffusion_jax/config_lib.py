@@ -68,6 +68,11 @@ def base_config() -> ml_collections.ConfigDict:
   # training masks); low_res_size > 0 makes an upsampler from that size.
   c.model.inpaint = False
   c.model.low_res_size = 0
+  # Two input channels holding each pixel's row and column in [-1, 1]
+  # (CoordConv, Liu et al. 2018): an absolute position signal, which the
+  # convolutions and the position-free attention otherwise only get from
+  # the zero padding at the borders. Off in OpenAI's models.
+  c.model.coordinates = False
   # The noised CLIP (task "clip"): GLIDE's clip/config.yaml at a small size.
   c.model.clip = ml_collections.ConfigDict(dict(
       text_ctx=24, text_width=64, text_layers=2, text_heads=4, patch_size=4,

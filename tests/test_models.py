@@ -150,6 +150,35 @@ def test_inpaint_super_res_input_is_glides():
     plain.apply({"params": params}, x, t, inpaint_mask=mask)
 
 
+def test_coordinates_are_two_more_input_channels_of_row_and_column():
+  """`coordinates=True` (CoordConv): the row and column of each pixel center
+  in [-1, 1], concatenated after the other inputs. The same weights as a
+  plain UNet fed that concatenation compute the same function, and the
+  output moves when the coordinate weights do (a position signal the
+  convolutions see); rows and columns swapped would not match."""
+  from diffusion_jax.models.unet import coordinate_channels
+  grid = np.asarray(coordinate_channels((2, 4, 8, 3)))
+  assert grid.shape == (2, 4, 8, 2)
+  np.testing.assert_allclose(grid[0, :, 0, 0], [-0.75, -0.25, 0.25, 0.75])  # rows
+  np.testing.assert_allclose(grid[1, 0, :, 1], (np.arange(8) + 0.5) / 4 - 1)  # columns
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  t = jnp.array([3, 700])
+  model = UNet(out_channels=3, coordinates=True, **TINY)
+  params = model.init(jax.random.key(0), x, t)["params"]
+  assert params["input_blocks_0_0"]["kernel"].shape[2] == 5
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(3), p.shape),
+                        params)
+  plain = UNet(out_channels=3, **TINY)
+  expected = plain.apply({"params": params},
+                         jnp.concatenate([x, coordinate_channels(x.shape)], -1), t)
+  got = model.apply({"params": params}, x, t)
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  kernel = params["input_blocks_0_0"]["kernel"]
+  blind = {**params, "input_blocks_0_0": {**params["input_blocks_0_0"],
+                                          "kernel": kernel.at[:, :, 3:].set(0.0)}}
+  assert np.abs(model.apply({"params": blind}, x, t) - got).max() > 1e-3
+
+
 def test_attention_sits_at_downsampling_levels():
   """Pixel resolutions at the trained size become downsampling factors, so
   the same weights on a larger canvas keep their attention layers."""

@@ -58,6 +58,7 @@ def make_unet(model_config, image_size: int, image_channels: int,
   return UNet(out_channels=out, num_classes=label_table, text=text_spec(model_config),
               inpaint=bool(model_config.get("inpaint", False)),
               super_res=bool(model_config.get("low_res_size", 0)),
+              coordinates=bool(model_config.get("coordinates", False)),
               **_common(model_config, image_size))
 
 

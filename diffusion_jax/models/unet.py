@@ -130,13 +130,16 @@ class UNet(UNetSpec):
       image * mask and the mask are concatenated to x; either defaults to
       zeros (nothing known: plain generation).
     super_res: takes a low-resolution image (`SuperResModel`,
-      `SuperResText2ImUNet`), upsampled bilinearly and concatenated last.
+      `SuperResText2ImUNet`), upsampled bilinearly and concatenated.
+    coordinates: two more input channels, each pixel's row and column in
+      [-1, 1] (`coordinate_channels`, CoordConv): absolute position.
   """
   out_channels: int = 3
   num_classes: Optional[int] = None
   text: Optional[TextSpec] = None
   inpaint: bool = False
   super_res: bool = False
+  coordinates: bool = False
 
   def text_encoder(self) -> TextEncoder:
     """The (unbound) text model; its parameters are this UNet's "text"."""
@@ -207,7 +210,8 @@ class UNet(UNetSpec):
     return self._text_module(name="text")(tokens, mask)
 
   def _concat_inputs(self, x, low_res, inpaint_image, inpaint_mask):
-    """GLIDE's input: [x, image * mask, mask, upsampled low_res] on channels."""
+    """GLIDE's input: [x, image * mask, mask, upsampled low_res] on channels,
+    then the row and column channels where `coordinates` is set."""
     if not self.inpaint and (inpaint_image is not None or inpaint_mask is not None):
       raise ValueError("this UNet takes no inpainting inputs (inpaint=False)")
     if (low_res is not None) != self.super_res:
@@ -226,6 +230,8 @@ class UNet(UNetSpec):
     if self.super_res:
       size = x.shape[:3] + low_res.shape[3:]
       parts.append(jax.image.resize(low_res.astype(jnp.float32), size, "bilinear"))
+    if self.coordinates:
+      parts.append(coordinate_channels(x.shape))
     return jnp.concatenate([p.astype(x.dtype) for p in parts], axis=-1)
 
   def decode(self, h, skips, emb, train, encoder_out=None):
@@ -270,3 +276,13 @@ def attention_ds_of(resolutions: Sequence[int], image_size: int,
                      f"no feature-map size of a {image_size}x{image_size} UNet with "
                      f"{num_levels} levels ({', '.join(map(str, sorted(sizes, reverse=True)))})")
   return tuple(sorted(sizes[int(r)] for r in resolutions))
+
+
+def coordinate_channels(shape) -> jax.Array:
+  """[B, H, W, 2] each pixel's row and column, from -1 (top, left) to 1
+  (bottom, right) through the pixel centers."""
+  batch, height, width = shape[:3]
+  rows = (jnp.arange(height) + 0.5) / height * 2 - 1  # [H]
+  cols = (jnp.arange(width) + 0.5) / width * 2 - 1  # [W]
+  grid = jnp.stack(jnp.meshgrid(rows, cols, indexing="ij"), axis=-1)  # [H, W, 2]
+  return jnp.broadcast_to(grid, (batch, height, width, 2))
