@@ -7,6 +7,7 @@ optimisations on: the notebooks run real-size models, which the tests'
 unoptimised code runs up to 6x slower. The harness is `notebooks/execute.py`,
 which also makes the notebooks' saved outputs.
 """
+import builtins
 import importlib.util
 import json
 
@@ -21,6 +22,7 @@ execute = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(execute)
 
 NOTEBOOKS = {p.stem: p for p in execute.notebooks()}
+_REAL_IMPORT = builtins.__import__
 QUICK_CELL_TIMEOUT_S = 120  # the issue's bound on a whole quick notebook, per cell here
 
 
@@ -45,6 +47,41 @@ def test_the_five_notebooks_are_there_with_saved_outputs():
     assert code[-1].get("outputs"), f"{name}: the last cell's output is not saved"
     first = "".join(code[0]["source"])
     assert "except ImportError" in first and "pip" in first  # installs only where missing
+
+
+def _run_install_cell(source: str, environment_source: str | None, monkeypatch):
+  """Runs a notebook's first cell where `import diffusion_jax` fails; the
+  pip commands it ran."""
+  import subprocess
+  calls = []
+
+  def missing(name, *args, **kwargs):
+    if name == "diffusion_jax" and not calls:
+      raise ImportError("No module named 'diffusion_jax'")
+    return _REAL_IMPORT(name, *args, **kwargs)
+  monkeypatch.setattr(builtins, "__import__", missing)
+  monkeypatch.setattr(subprocess, "check_call", lambda command: calls.append(command))
+  if environment_source is None:
+    monkeypatch.delenv("DIFFUSION_JAX_SOURCE", raising=False)
+  else:
+    monkeypatch.setenv("DIFFUSION_JAX_SOURCE", environment_source)
+  exec(compile(source, "install cell", "exec"), {})
+  return calls
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_the_install_cell_installs_only_from_a_source_the_user_names(name, monkeypatch):
+  """No package named diffusion-jax is published: with no source named, the
+  first cell stops with a one-line message and installs nothing; with one
+  named (DIFFUSION_JAX_SOURCE here), pip installs exactly that."""
+  notebook = json.loads(NOTEBOOKS[name].read_text())
+  cell = "".join(next(c for c in notebook["cells"] if c["cell_type"] == "code")["source"])
+  with pytest.raises(SystemExit, match="set SOURCE in this cell") as stopped:
+    _run_install_cell(cell, None, monkeypatch)
+  assert "\n" not in str(stopped.value)
+  url = "git+https://example.org/diffusion_jax.git"
+  calls = _run_install_cell(cell, url, monkeypatch)
+  assert len(calls) == 1 and calls[0][-1] == url and calls[0][1:4] == ["-m", "pip", "install"]
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
