@@ -43,7 +43,18 @@ from diffusion_jax.data import shapes  # noqa: E402
 from diffusion_jax.evaluation import evaluator as evaluator_lib  # noqa: E402
 from diffusion_jax.inference import loading  # noqa: E402
 
-VARIANTS = {"glide": {}, "coordinates": {"model.coordinates": True}}
+VARIANTS = {"glide": {}, "coordinates": {"model.coordinates": True},
+            "v": {"diffusion.parameterization": "v"},
+            "v_coordinates": {"diffusion.parameterization": "v", "model.coordinates": True}}
+# The text model's sensitivity probe: a caption, and the same caption with
+# one thing changed (or dropped), by what changed.
+PROBE = {"place (top left -> bottom right)": "a red square in the bottom right",
+         "place (top left -> on the left)": "a red square on the left",
+         "place dropped": "a red square",
+         "color (red -> blue)": "a blue square in the top left",
+         "shape (square -> circle)": "a red circle in the top left",
+         "empty prompt": ""}
+PROBED = "a red square in the top left"
 SHOWN = ("caption_accuracy", "accuracy_position", "accuracy_shape", "accuracy_color")
 
 
@@ -60,6 +71,10 @@ def parse_args(argv=None):
   parser.add_argument("--out", default="benchmarks/results/place_cpu.json")
   parser.add_argument("--figures", default="docs/text2im")
   parser.add_argument("--report_only", action="store_true")
+  parser.add_argument("--probe", default="",
+                      help="comma-separated models (names or workdirs): print how far "
+                      "the text model's output moves when a caption's place, color or "
+                      "shape changes, then stop")
   return parser.parse_args(argv)
 
 
@@ -113,6 +128,9 @@ def measure(workdir: str, step: int, prompts, evaluator, args) -> tuple[dict, np
 
 def main(argv=None):
   args = parse_args(argv)
+  if args.probe:
+    print("\n".join(probe(args.probe.split(","))))  # noqa: T201
+    return
   results, save = resumable_results(args.out, {"runs": {}})
   if not args.report_only:
     results.update(environment=environment(), args=vars(args))
@@ -137,6 +155,26 @@ def main(argv=None):
           if step == max(kept):
             grid(images, prompts, args, f"place_{name}_seed{seed}.png")
   report(results)
+
+
+def probe(models) -> list[str]:
+  """A markdown table: for each change of `PROBED`, the relative distance
+  |a - b| / |a| of the text model's pooled output (xf_proj, added to the
+  timestep embedding) and of its token sequence (xf_out, the attention's
+  keys and values), for each model."""
+  from diffusion_jax.text import tokenizer as tok_lib
+  captions = [PROBED, *PROBE.values()]
+  rows = {change: [change] for change in PROBE}
+  for model in models:
+    bundle = loading.load(model)
+    unet = bundle.spec.model
+    tokens, mask = tok_lib.pad_and_mask(captions, unet.text.text_ctx)
+    pooled, sequence = (np.asarray(a) for a in unet.encode_text(bundle.params, tokens, mask))
+    for i, change in enumerate(PROBE, start=1):
+      moved = [np.linalg.norm(a[i] - a[0]) / np.linalg.norm(a[0]) for a in (pooled, sequence)]
+      rows[change].append(f"{moved[0]:.3f} / {moved[1]:.3f}")
+  return markdown_table(["change of " + repr(PROBED), *(f"{m}: pooled / sequence"
+                                                        for m in models)], list(rows.values()))
 
 
 def grid(images, prompts, args, filename: str, count: int = 8) -> None:

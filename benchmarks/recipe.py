@@ -34,7 +34,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import sample_quality  # noqa: E402
 
-from common import environment, markdown_table, resumable_results, save_figure  # noqa: E402
+from common import environment, markdown_table, resumable_results  # noqa: E402
 from diffusion_jax.evaluation import eval_mode, metrics  # noqa: E402
 from diffusion_jax.evaluation import evaluator as evaluator_lib  # noqa: E402
 from diffusion_jax.inference import loading  # noqa: E402
@@ -244,7 +244,7 @@ def report(results, args) -> None:
     for col, metric in enumerate(METRICS):
       ax = axes[row, col]
       for i, recipe in enumerate(recipes):
-        color = f"C{i}"
+        color = plt.cm.tab20(i % 20)  # more recipes than the 10 default colors
         found = curves(results, recipe, sampler, metric)
         for steps, values in found.values():
           ax.plot(steps, values, color=color, alpha=0.3, lw=1)
@@ -257,7 +257,12 @@ def report(results, args) -> None:
       ax.set_title(sampler)
       if metric == "fd":
         ax.set_yscale("log")
-  save_figure(fig, axes.ravel(), folder / "curves.png")
+  for ax in axes.ravel():
+    ax.grid(alpha=0.3)
+  # One legend beside the panels: inside, it hid points of some recipes.
+  fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="center right", fontsize=9)
+  fig.tight_layout(rect=(0, 0, 0.86, 1))
+  fig.savefig(folder / "curves.png", dpi=100)
   print("\n".join(table(results, recipes)))  # noqa: T201
   print("\n".join(by_step(results, recipes)))  # noqa: T201
 
