@@ -12,7 +12,8 @@ Labels: `label = shape * len(COLORS) + color` (18 classes), of the only
 object, or of the larger one when there are two. `label_name(label)` gives
 "red circle".
 
-`Shapes` is the TFDS builder (configs "one_object_16" ... "two_objects_64");
+`Shapes` is the TFDS builder (configs "one_object_16" ... "two_objects_64",
+and "scenes_16" ... "scenes_64": 0 to 3 objects, `scenes.py`);
 split `s` holds `render_example(SPLIT_SEEDS[s], i, ...)` at index `i`. The
 upsampling configs ("one_object_16_to_32", "two_objects_32_to_64") add a
 "low_res" image: the same scene rendered at the smaller size.
@@ -33,6 +34,9 @@ POSITIONS = ("top left", "top", "top right", "left", "center", "right",
              "bottom left", "bottom", "bottom right")
 NUM_CLASSES = len(SHAPES) * len(COLORS)
 IMAGE_SIZES = (16, 32, 64)
+# `num_objects` of the scenes configs ("scenes_16" ...): 0 to 3 objects,
+# drawn by `scenes.py`.
+SCENES = -1
 # (objects, low-res size, image size) of the upsampling configs.
 UPSAMPLING = ((1, 16, 32), (2, 32, 64))
 # The int64 attributes of each object; the second object's carry a "2".
@@ -297,6 +301,12 @@ def features(image_size: int, num_objects: int,
   if low_res_size:
     spec["low_res"] = tfds.features.Tensor(shape=(low_res_size, low_res_size, 3),
                                            dtype=np.uint8)
+  if num_objects == SCENES:
+    from diffusion_jax.data import scenes
+    spec["num_objects"] = scalar()
+    spec.update({name: tfds.features.Tensor(shape=(scenes.NUM_CELLS,), dtype=np.int64)
+                 for name in ("cell_shape", "cell_color", "cell_size")})
+    return tfds.features.FeaturesDict(spec)
   for suffix in ("", "2")[:num_objects]:
     spec.update({key + suffix: scalar() for key in ATTRIBUTES})
   return tfds.features.FeaturesDict(spec)
@@ -304,15 +314,15 @@ def features(image_size: int, num_objects: int,
 
 @dataclasses.dataclass
 class ShapesConfig(tfds.core.BuilderConfig):
-  """A `Shapes` variant: image side, number of objects, and the side of the
-  low-res render upsampling configs add (0: none)."""
+  """A `Shapes` variant: image side, number of objects (1, 2, or `SCENES`:
+  0 to 3), and the side of the low-res render upsampling configs add (0: none)."""
   image_size: int = 16
   num_objects: int = 1
   low_res_size: int = 0
 
 
 def _make_config(num_objects: int, image_size: int, low_res_size: int = 0) -> ShapesConfig:
-  kind = "one_object" if num_objects == 1 else "two_objects"
+  kind = {1: "one_object", 2: "two_objects", SCENES: "scenes"}[num_objects]
   name = f"{kind}_{image_size}"
   description = f"{kind.replace('_', ' ')}, {image_size}x{image_size}"
   if low_res_size:
@@ -327,7 +337,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
-  BUILDER_CONFIGS = ([_make_config(n, s) for n in (1, 2) for s in IMAGE_SIZES]
+  BUILDER_CONFIGS = ([_make_config(n, s) for n in (1, 2, SCENES) for s in IMAGE_SIZES]
                      + [_make_config(n, s, low) for n, low, s in UPSAMPLING])
   DEFAULT_CONFIG_NAME = "one_object_16"
 
@@ -353,7 +363,10 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str):
     config = self.builder_config
     for index in range(SPLIT_SIZES[split]):
-      if config.low_res_size:
+      if config.num_objects == SCENES:
+        from diffusion_jax.data import scenes
+        yield index, scenes.render(SPLIT_SEEDS[split], index, config.image_size)
+      elif config.low_res_size:
         yield index, render_pair(SPLIT_SEEDS[split], index, config.low_res_size,
                                  config.image_size, config.num_objects)
       else:

@@ -1,0 +1,122 @@
+"""Scenes of 0 to 3 objects (`data/scenes.py`): captions agree with the
+stored cells in every phrasing, the judge of a caption scores hand-made
+scenes as it should, and the older configs render as before. Pure numpy."""
+import hashlib
+
+import numpy as np
+import pytest
+
+from diffusion_jax.data import scenes, shapes
+
+
+def test_the_one_and_two_object_configs_render_as_before_the_scenes():
+  """Images and captions of both older streams, hashed before scenes.py
+  existed: adding the scenes must not move their rng draws."""
+  both = hashlib.sha256()
+  for n in (1, 2):
+    for index in range(40):
+      for size in (16, 32):
+        example = shapes.render_example(1, index, size, n)
+        both.update(example["image"].tobytes())
+        both.update(example["caption"].encode())
+  assert both.hexdigest()[:16] == "b3a0508796f065dc"
+
+
+def _cells(*objects):
+  """Cells of hand-made objects: (position, shape, color, size) each."""
+  cells = {name: np.full((9,), -1, np.int64) for name in ("cell_shape", "cell_color",
+                                                            "cell_size")}
+  for position, shape, color, size in objects:
+    cells["cell_shape"][position] = shapes.SHAPES.index(shape)
+    cells["cell_color"][position] = shapes.COLORS.index(color)
+    cells["cell_size"][position] = shapes.SIZES.index(size)
+  return cells
+
+
+def test_scenes_hold_0_to_3_objects_in_distinct_cells_with_counts_and_empty_scenes():
+  examples = [scenes.render(1, i, 16) for i in range(600)]
+  counts = np.array([e["num_objects"] for e in examples])
+  assert set(counts) == {0, 1, 2, 3}
+  for e in examples:
+    assert (e["cell_shape"] >= 0).sum() == e["num_objects"]
+    assert ((e["cell_shape"] >= 0) == (e["cell_color"] >= 0)).all()
+    if e["num_objects"] == 0:
+      assert e["label"] == scenes.EMPTY_LABEL and e["caption"] in scenes.EMPTY_CAPTIONS
+    else:
+      first = int(np.argmax(e["cell_shape"] >= 0))
+      assert e["label"] == shapes.label_of(e["cell_shape"][first], e["cell_color"][first])
+  captions = " ".join(e["caption"] for e in examples)
+  assert "two " in captions and " above " in captions and " in the " in captions
+  again = scenes.render(1, 5, 64)
+  assert again["caption"] == examples[5]["caption"]  # the same scene at every size
+  assert (again["cell_shape"] == examples[5]["cell_shape"]).all()
+
+
+def test_every_phrasing_of_every_scene_holds_for_its_cells():
+  """Each phrasing that fits a scene, parsed back, holds for the stored
+  cells; and fails once a cell is changed (no caption fits two scenes)."""
+  rng = np.random.default_rng(0)
+  checked = dict.fromkeys(scenes.PHRASINGS, 0)
+  for index in range(300):
+    objects = scenes._sample(np.random.default_rng([9, index, scenes.STREAM]))
+    cells = scenes.cells_of(objects)
+    for phrasing in scenes.PHRASINGS:
+      try:
+        text = scenes.caption(rng, objects, phrasing)
+      except ValueError:
+        continue  # a relation needs two objects, a count two alike
+      parsed = scenes.parse_caption(text)
+      assert scenes.caption_holds(parsed, cells), (text, cells)
+      checked[phrasing] += 1
+      if objects:
+        recolored = {k: v.copy() for k, v in cells.items()}
+        cell = objects[0].position
+        recolored["cell_color"][cell] = (recolored["cell_color"][cell] + 1) % 6
+        same_elsewhere = any(o.color == recolored["cell_color"][cell]
+                             and o.shape == objects[0].shape for o in objects[1:])
+        if not same_elsewhere:
+          assert not scenes.caption_holds(parsed, recolored), text
+  assert min(checked.values()) >= 30, checked
+
+
+@pytest.mark.parametrize("text, holds", [
+    ("a red circle above a blue square", True),
+    ("a blue square above a red circle", False),  # the relation reversed
+    ("a red circle to the left of a blue square", False),  # same column
+    ("a green circle above a blue square", False),  # a wrong color
+    ("a red circle", False),  # the square not named: an extra object
+    ("a red circle at the top and a blue square at the bottom", True),
+    ("a red circle at the top and a blue square in the center", False),  # a wrong place
+    ("a small red circle and a blue square", True),
+    ("a large red circle and a blue square", False),  # a wrong size
+    ("two red circles", False),
+    ("nothing", False),
+])
+def test_the_judge_scores_hand_made_scenes(text, holds):
+  """A small red circle at the top, a large blue square at the bottom."""
+  cells = _cells((1, "circle", "red", "small"), (7, "square", "blue", "large"))
+  assert scenes.caption_holds(scenes.parse_caption(text), cells) == holds
+
+
+def test_counts_and_the_empty_scene():
+  pair = _cells((0, "triangle", "green", "small"), (8, "triangle", "green", "large"))
+  assert scenes.caption_holds(scenes.parse_caption("two green triangles"), pair)
+  assert not scenes.caption_holds(scenes.parse_caption("three green triangles"), pair)
+  assert not scenes.caption_holds(scenes.parse_caption("a green triangle"), pair)
+  empty = _cells()
+  assert scenes.caption_holds(scenes.parse_caption("an empty scene"), empty)
+  assert not scenes.caption_holds(scenes.parse_caption("an empty scene"), pair)
+  with pytest.raises(ValueError, match="names no object"):
+    scenes.parse_caption("a dog on a sofa")
+
+
+def test_the_scenes_configs_store_what_render_gives(tmp_path):
+  """The TFDS features of `shapes/scenes_16` take a rendered scene as it is
+  (without preparing the 22,000 examples)."""
+  builder = shapes.Shapes(config="scenes_16", data_dir=str(tmp_path))
+  example = scenes.render(shapes.SPLIT_SEEDS["train"], 3, 16)
+  encoded = builder.info.features.encode_example(example)
+  assert encoded["cell_shape"].shape == (9,) and encoded["image"].shape == (16, 16, 3)
+  first = next(builder._generate_examples("train"))
+  assert first[0] == 0 and first[1]["caption"] == scenes.render(1, 0, 16)["caption"]
+  assert {"scenes_16", "scenes_32", "scenes_64"} <= {c.name for c in shapes.Shapes.BUILDER_CONFIGS}
