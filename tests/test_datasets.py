@@ -179,6 +179,23 @@ def test_label_name():
 # Pictures.
 
 
+def test_each_object_of_a_scene_has_its_stored_color_in_its_cell():
+  """Scenes of 0 to 3 objects (shapes/scenes_*): the most saturated pixel of
+  each occupied cell has the stored color's hue (copies of an earlier
+  object's shape and color included: once they kept their own color), and
+  an empty cell has no saturated pixel."""
+  from diffusion_jax.data import scenes
+  for index in range(200):
+    ex = scenes.render(shapes.SPLIT_SEEDS["train"], index, 16)
+    for cell in range(scenes.NUM_CELLS):
+      hue, chroma = _most_colored_hue(ex["image"], cell)
+      if ex["cell_color"][cell] < 0:
+        assert chroma < 60, (index, cell, chroma)
+        continue
+      expected = _HUES[shapes.COLORS[ex["cell_color"][cell]]]
+      assert chroma > 100 and _hue_distance(hue, expected) < 30, (index, cell, hue, ex["caption"])
+
+
 @pytest.mark.parametrize("builder_name", ["one_object", "two_objects"])
 def test_each_object_has_its_color_in_its_cell(builder_name, request):
   builder = request.getfixturevalue(builder_name)

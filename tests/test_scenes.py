@@ -120,3 +120,16 @@ def test_the_scenes_configs_store_what_render_gives(tmp_path):
   first = next(builder._generate_examples("train"))
   assert first[0] == 0 and first[1]["caption"] == scenes.render(1, 0, 16)["caption"]
   assert {"scenes_16", "scenes_32", "scenes_64"} <= {c.name for c in shapes.Shapes.BUILDER_CONFIGS}
+
+
+def test_cell_codes_round_trip_and_name_each_cell_alone():
+  cells = _cells((0, "circle", "red", "small"), (4, "triangle", "cyan", "large"))
+  codes = scenes.cell_codes(cells)
+  assert codes.shape == (9,) and codes[1] == 0 and len(set(codes[[0, 4]])) == 2
+  back = scenes.cells_from_codes(codes)
+  for name in cells:
+    np.testing.assert_array_equal(back[name], cells[name])
+  every = scenes.cells_from_codes(np.arange(scenes.CELL_CLASSES))
+  triples = {(s, c, z) for s, c, z in zip(every["cell_shape"], every["cell_color"],
+                                            every["cell_size"])}
+  assert len(triples) == scenes.CELL_CLASSES == 37  # one code per object, and empty

@@ -182,7 +182,8 @@ def metadata(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
     "has_caption": whether examples have a "caption" text,
     "attributes": {name: number of values} of the int features a clean-image
     evaluator predicts (shapes: each object's shape, color, size, position;
-    otherwise the label, if any),
+    its scenes: each cell's class, `scenes.CELL_CLASSES`; otherwise the
+    label, if any),
     "splits": {split: number of examples}}.
   """
   features = builder.info.features
@@ -203,6 +204,9 @@ def metadata(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
 
 def _attributes(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
   features = builder.info.features
+  if builder.name == "shapes" and "cell_0" in features:  # scenes: one class per cell
+    from diffusion_jax.data import scenes
+    return {f"cell_{i}": scenes.CELL_CLASSES for i in range(scenes.NUM_CELLS)}
   if builder.name == "shapes":
     return {key + suffix: count for suffix in ("", "2")
             for key, count in shapes.ATTRIBUTE_CLASSES.items() if key + suffix in features}

@@ -53,8 +53,9 @@ def _sample(rng: np.random.Generator) -> list[shapes._Object]:
     obj = shapes._sample_object(rng, int(rng.integers(len(shapes.SIZES))), cell)
     if objects and rng.random() < COPY_PROBABILITY:
       model = objects[int(rng.integers(len(objects)))]
+      jitter = np.asarray(obj.rgb) - shapes.COLOR_RGB[obj.color]  # its own, on the copied color
       obj = shapes._Object(model.shape, model.color, obj.size, obj.position, obj.offset,
-                           obj.rgb)
+                           tuple(shapes.COLOR_RGB[model.color] + jitter))
     objects.append(obj)
   return objects
 
@@ -66,6 +67,29 @@ def cells_of(objects: Sequence[shapes._Object]) -> dict[str, np.ndarray]:
     for name, value in zip(_CELL_FIELDS, (obj.shape, obj.color, obj.size)):
       cells[name][obj.position] = value
   return cells
+
+
+# One class per cell for the scene evaluator: 0 empty, else 1 + the object's
+# (shape, color, size) in row-major order: 37 values.
+CELL_CLASSES = 1 + len(shapes.SHAPES) * len(shapes.COLORS) * len(shapes.SIZES)
+
+
+def cell_codes(cells: dict) -> np.ndarray:
+  """int64 [..., 9]: each cell's class (`CELL_CLASSES`) from its
+  "cell_shape", "cell_color", "cell_size" [..., 9] (-1 empty)."""
+  shape, color, size = (np.asarray(cells[name]) for name in _CELL_FIELDS)
+  code = 1 + (shape * len(shapes.COLORS) + color) * len(shapes.SIZES) + size
+  return np.where(shape >= 0, code, 0).astype(np.int64)
+
+
+def cells_from_codes(codes: np.ndarray) -> dict[str, np.ndarray]:
+  """The inverse of `cell_codes`: {"cell_shape", "cell_color", "cell_size"}."""
+  codes = np.asarray(codes, np.int64)
+  rest, size = np.divmod(np.maximum(codes - 1, 0), len(shapes.SIZES))
+  shape, color = np.divmod(rest, len(shapes.COLORS))
+  empty = codes == 0
+  return {name: np.where(empty, -1, value)
+          for name, value in zip(_CELL_FIELDS, (shape, color, size))}
 
 
 def _noun(obj, rng, count: int = 1) -> str:
@@ -122,15 +146,18 @@ def caption(rng: np.random.Generator, objects: Sequence[shapes._Object],
 def render(seed: int, index: int, image_size: int = 16) -> dict:
   """Example `index` of the stream `seed`: {"image": uint8 [S, S, 3],
   "label", "num_objects": int64, "cell_shape", "cell_color", "cell_size":
-  int64 [9] (-1 empty), "caption": str}."""
+  int64 [9] (-1 empty), "cell_0" ... "cell_8": int64 (`cell_codes`, the
+  scene evaluator's targets), "caption": str}."""
   rng = np.random.default_rng([seed, index, STREAM])
   objects = _sample(rng)
   background = shapes._sample_background(rng)
   text = caption(rng, objects)
   image = shapes._render(objects, background, rng, image_size)
   label = (shapes.label_of(objects[0].shape, objects[0].color) if objects else EMPTY_LABEL)
+  cells = cells_of(objects)
+  codes = {f"cell_{i}": code for i, code in enumerate(cell_codes(cells))}
   return {"image": image, "label": np.int64(label), "num_objects": np.int64(len(objects)),
-          **cells_of(objects), "caption": text}
+          **cells, **codes, "caption": text}
 
 
 # -- reading captions back ---------------------------------------------------

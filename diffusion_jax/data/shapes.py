@@ -306,6 +306,7 @@ def features(image_size: int, num_objects: int,
     spec["num_objects"] = scalar()
     spec.update({name: tfds.features.Tensor(shape=(scenes.NUM_CELLS,), dtype=np.int64)
                  for name in ("cell_shape", "cell_color", "cell_size")})
+    spec.update({f"cell_{i}": scalar() for i in range(scenes.NUM_CELLS)})
     return tfds.features.FeaturesDict(spec)
   for suffix in ("", "2")[:num_objects]:
     spec.update({key + suffix: scalar() for key in ATTRIBUTES})

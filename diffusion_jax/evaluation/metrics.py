@@ -16,7 +16,10 @@
 
 `judge(evaluator, images, labels)` gathers them in one dict;
 `judge_captions(evaluator, images, named, prompt_ids)` does the same for a
-text-to-image model's samples, against what each caption names. A guided
+text-to-image model's samples, against what each caption names;
+`judge_scene_captions(evaluator, images, captions)` reads whole scenes with
+a scene evaluator (`scenes16`) and checks every object, place, relation and
+count a caption names, and that nothing else is there. A guided
 model is judged by an evaluator, never by the classifier (or CLIP) that
 guided it.
 """
@@ -27,7 +30,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from diffusion_jax.data import shapes
+from diffusion_jax.data import scenes, shapes
 from diffusion_jax.evaluation import evaluator as evaluator_lib
 
 # The attributes a class label fixes; the evaluator's others are free.
@@ -198,3 +201,37 @@ def judge_captions(evaluator, images: np.ndarray, named: Sequence[Mapping[str, i
       result[f"spread_{attribute}"] = float(np.mean(
           [normalized_entropy(predictions[attribute][g], sizes[attribute]) for g in free]))
   return result
+
+
+def predicted_cells(evaluator, images) -> dict[str, np.ndarray]:
+  """{"cell_shape", "cell_color", "cell_size"}: int [N, 9] (-1 empty), what
+  a scene evaluator (heads "cell_0" ... "cell_8") sees in each cell."""
+  predicted = evaluator_lib.predict(evaluator, images)
+  codes = np.stack([predicted[f"cell_{i}"] for i in range(scenes.NUM_CELLS)], -1)  # [N, 9]
+  return scenes.cells_from_codes(codes)
+
+
+def cell_accuracy(predicted: Mapping[str, np.ndarray],
+                  true: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Per cell, float [9]: "occupied" (empty or not, over all scenes), and
+  "shape", "color", "size" over the scenes where the cell holds an object."""
+  occupied = np.asarray(true["cell_shape"]) >= 0  # [N, 9]
+  result = {"occupied": np.mean((np.asarray(predicted["cell_shape"]) >= 0) == occupied, 0)}
+  for attribute in ("shape", "color", "size"):
+    right = np.asarray(predicted[f"cell_{attribute}"]) == np.asarray(true[f"cell_{attribute}"])
+    result[attribute] = (right & occupied).sum(0) / np.maximum(occupied.sum(0), 1)
+  return result
+
+
+def judge_scene_captions(evaluator, images: np.ndarray, captions: Sequence[str]) -> dict:
+  """{"caption_accuracy": how often the scene evaluator sees exactly what
+  the caption says (`scenes.caption_holds`), "count_accuracy": how often it
+  sees as many objects as the caption names}."""
+  cells = predicted_cells(evaluator, images)
+  holds, counts = [], []
+  for i, text in enumerate(captions):
+    parsed = scenes.parse_caption(text)
+    seen = {k: v[i] for k, v in cells.items()}
+    holds.append(scenes.caption_holds(parsed, seen))
+    counts.append(sum(o["count"] for o in parsed["objects"]) == (seen["cell_shape"] >= 0).sum())
+  return {"caption_accuracy": float(np.mean(holds)), "count_accuracy": float(np.mean(counts))}
