@@ -38,6 +38,10 @@ SOURCES = {
                        "benchmarks/recipe.py's v_long run, seed 0"),
     "digits-classes": ("guidance/digits", "configs/digits_class_cond.py"),
 }
+# A shipped model's default sampler where measurement chose another than
+# its training config's (`sample.*`, docs/samplers.md): written into the
+# exported config, so `load(name).sample()` and --mode=sample use it.
+SAMPLER_DEFAULTS: dict[str, dict] = {}
 STORAGE = "float16"
 FIDELITY_STEPS = "25"  # respaced steps of the same-seed sample comparison
 
@@ -76,9 +80,13 @@ def _sample_change(before: loading.Bundle, after: loading.Bundle):
 def build_one(name: str, runs: pathlib.Path) -> dict:
   workdir, trained_by = SOURCES[name]
   source = loading.load(runs / workdir)
+  sampler = SAMPLER_DEFAULTS.get(name, {})
+  for key, value in sampler.items():
+    source.config.sample[key] = value
   output = pathlib.Path(pretrained.__file__).parent / name
-  loading.export(source, output, origin={"workdir": workdir, "trained_by": trained_by},
-                 dtype=STORAGE)
+  origin = {"workdir": workdir, "trained_by": trained_by, **({"sampler": sampler} if sampler
+                                                              else {})}
+  loading.export(source, output, origin=origin, dtype=STORAGE)
   shipped = loading.load(output)
   return {"name": name, "folder": str(output.relative_to(pretrained.PACKAGE)),
           "summary": _summary(source, trained_by),

@@ -25,6 +25,7 @@ KINDS = {"shapes-text2im": "diffusion", "shapes-upsampler": "diffusion",
          "shapes-inpaint": "diffusion", "shapes-classes": "diffusion",
          "digits-classes": "diffusion", "shapes-classifier": "classifier",
          "shapes-clip": "clip", "shapes16": "evaluator", "shapes32": "evaluator",
+         "scenes16": "evaluator",
          "digits16": "evaluator"}
 
 
