@@ -34,8 +34,12 @@ def get_config(arg: str = ""):
   # kept it as leftover noise (docs/recipe.md); with v the 1,300-step run
   # reached FD 131 where eps reached 224, and DDIM at eta 0 draws no noise.
   c.diffusion.parameterization = "v"
-  c.sample.method = "ddpm"
-  c.sample.steps = "100"
+  # DPM-Solver++ 2M SDE at 20 steps: FD 38.9 +- 1.3 and class accuracy 0.913
+  # on the shipped model, DDPM at 100 steps 38.5 +- 1.3 and 0.916 (3 seeds
+  # of 1,000 samples, docs/samplers.md): the same quality at a fifth of the
+  # network evaluations.
+  c.sample.method = "dpmpp_2m_sde"
+  c.sample.steps = "20"
   chosen = config_lib.variants(arg, ("quick", "32", "64", "uncond"))
   if "32" in chosen and "64" in chosen:
     raise ValueError("choose one size variant, '32' or '64'")
@@ -67,4 +71,5 @@ def _large(c, size: int) -> None:
   c.train.sample_every = 5000
   c.train.ema_rates = (0.9999,)
   c.sample.ema_rate = 0.9999
+  c.sample.method = "ddpm"  # not measured at these sizes: ADM's sampler
   c.sample.steps = "100"

@@ -41,7 +41,10 @@ SOURCES = {
 # A shipped model's default sampler where measurement chose another than
 # its training config's (`sample.*`, docs/samplers.md): written into the
 # exported config, so `load(name).sample()` and --mode=sample use it.
-SAMPLER_DEFAULTS: dict[str, dict] = {}
+SAMPLER_DEFAULTS: dict[str, dict] = {
+    # FD 38.9 +- 1.3 against DDPM 100's 38.5 +- 1.3, at a fifth of the cost.
+    "shapes-classes": {"method": "dpmpp_2m_sde", "steps": "20"},
+}
 STORAGE = "float16"
 FIDELITY_STEPS = "25"  # respaced steps of the same-seed sample comparison
 
