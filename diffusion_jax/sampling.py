@@ -60,10 +60,16 @@ def _guided_eps_x0(schedule, out, x, t, t_model, opts, cond):
   if opts.cond_fn is None:
     return out.pred_eps, out.pred_x0
   eps = shift_eps(schedule, out.pred_eps, x, t, opts.cond_fn(x, t_model, **cond))
-  # Where abar = 0 (a zero-terminal-SNR schedule's top) x_0 cannot be had
-  # from eps, and the shift leaves it unchanged: x_t holds no signal there.
+  # x_0 of the shifted eps, written as the model's x_0 plus the shift's
+  # change of it (-sqrt(1 / abar - 1) times the change of eps): the same
+  # value as x0_from_eps(eps), without its cancellation at high noise, and
+  # a zero shift leaves x_0 exactly as it was. Where abar = 0 (a
+  # zero-terminal-SNR schedule's top) x_0 cannot be had from eps, and the
+  # shift leaves it unchanged: x_t holds no signal there.
+  shift = -diffusion.extract(schedule.sqrt_recipm1_alphas_cumprod, t, x.ndim) * (
+      eps - out.pred_eps)
   signal = diffusion.extract(schedule.alphas_cumprod, t, x.ndim) > 0
-  return eps, jnp.where(signal, diffusion.x0_from_eps(schedule, x, t, eps), out.pred_x0)
+  return eps, jnp.where(signal, out.pred_x0 + shift, out.pred_x0)
 
 
 def _not_last(t, ndim):
