@@ -69,7 +69,16 @@ def _guided_eps_x0(schedule, out, x, t, t_model, opts, cond):
   shift = -diffusion.extract(schedule.sqrt_recipm1_alphas_cumprod, t, x.ndim) * (
       eps - out.pred_eps)
   signal = diffusion.extract(schedule.alphas_cumprod, t, x.ndim) > 0
-  return eps, jnp.where(signal, out.pred_x0 + shift, out.pred_x0)
+  pred_x0 = jnp.where(signal, out.pred_x0 + shift, out.pred_x0)
+  # The guided x_0 processed as the model's own (denoised_fn, then the clip
+  # to [-1, 1]), and eps made consistent with it: unclipped, the shift at
+  # the cosine schedule's t = 999 is 20,000 times the classifier's gradient
+  # (docs/samplers.md), which the ODE solvers then carry to the end.
+  if opts.denoised_fn is not None:
+    pred_x0 = opts.denoised_fn(pred_x0)
+  if opts.clip_denoised:
+    pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
+  return diffusion.eps_from_x0(schedule, x, t, pred_x0), pred_x0
 
 
 def _not_last(t, ndim):

@@ -185,7 +185,9 @@ def test_any_model_inpaints_and_edits_with_labels(trained_workdir):
   mask = masks_lib.cell(16, 4)
   keep = mask[..., 0] == 1
   expected = image.astype(np.float32) / 127.5 - 1
-  for kwargs in ({}, {"resample": 2, "jump": 2}):
+  # RePaint's jumps back need a one-step sampler; the model's default is a
+  # multistep solver (DPM-Solver++ 2M SDE), which refuses them.
+  for kwargs in ({}, {"resample": 2, "jump": 2, "method": "ddpm"}):
     out = bundle.inpaint(image, mask, labels=[0, 5], steps="4", **kwargs)
     np.testing.assert_array_equal(out[:, keep], np.broadcast_to(expected[keep], out[:, keep].shape))
   edited = bundle.edit(image, 0.5, labels=[1], steps="4")
