@@ -65,8 +65,9 @@ TRAINED_RUN = {"train.ema_rates": (0.995, 0.9), "train.ema_warmup": False,
 
 def data_dir() -> str:
   """.cache/test_tfds/<hash of the dataset generators>: fresh data when they change."""
-  from diffusion_jax.data import digits, scenes, shapes
-  sources = b"".join(pathlib.Path(m.__file__).read_bytes() for m in (shapes, scenes, digits))
+  from diffusion_jax.data import digits, scenes, shapes, shapes_tfds
+  sources = b"".join(pathlib.Path(m.__file__).read_bytes()
+                     for m in (shapes, scenes, shapes_tfds, digits))
   return str(ROOT / ".cache" / "test_tfds" / hashlib.sha256(sources).hexdigest()[:12])
 
 

@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from diffusion_jax.data import scenes, shapes
+from diffusion_jax.data import scenes, shapes, shapes_tfds
 
 
 def test_the_one_and_two_object_configs_render_as_before_the_scenes():
@@ -113,13 +113,14 @@ def test_counts_and_the_empty_scene():
 def test_the_scenes_configs_store_what_render_gives(tmp_path):
   """The TFDS features of `shapes/scenes_16` take a rendered scene as it is
   (without preparing the 22,000 examples)."""
-  builder = shapes.Shapes(config="scenes_16", data_dir=str(tmp_path))
+  builder = shapes_tfds.Shapes(config="scenes_16", data_dir=str(tmp_path))
   example = scenes.render(shapes.SPLIT_SEEDS["train"], 3, 16)
   encoded = builder.info.features.encode_example(example)
   assert encoded["cell_shape"].shape == (9,) and encoded["image"].shape == (16, 16, 3)
   first = next(builder._generate_examples("train"))
   assert first[0] == 0 and first[1]["caption"] == scenes.render(1, 0, 16)["caption"]
-  assert {"scenes_16", "scenes_32", "scenes_64"} <= {c.name for c in shapes.Shapes.BUILDER_CONFIGS}
+  names = {c.name for c in shapes_tfds.Shapes.BUILDER_CONFIGS}
+  assert {"scenes_16", "scenes_32", "scenes_64"} <= names
 
 
 def test_cell_codes_round_trip_and_name_each_cell_alone():

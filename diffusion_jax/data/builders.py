@@ -1,7 +1,7 @@
 """The dataset registry: a name -> a prepared TFDS builder to read from.
 
 Names:
-  "shapes", "shapes/<config>"  coloured shapes (`shapes.Shapes`), embedded;
+  "shapes", "shapes/<config>"  coloured shapes (`shapes_tfds.Shapes`), embedded;
                                default config "one_object_16"
   "digits", "digits/<config>"  scikit-learn digits (`digits.Digits`),
                                embedded; default config "16"
@@ -31,12 +31,12 @@ from typing import Any, Callable, Iterator
 import tensorflow_datasets as tfds
 from absl import logging
 
-from diffusion_jax.data import digits, folder, shapes
+from diffusion_jax.data import digits, folder, shapes, shapes_tfds
 
 ENV_DATA_DIR = "DIFFUSION_JAX_DATA_DIR"
 # The embedded builders and their number of classes (their labels are
 # int64 tensors, not ClassLabel features).
-EMBEDDED = {"shapes": (shapes.Shapes, shapes.NUM_CLASSES),
+EMBEDDED = {"shapes": (shapes_tfds.Shapes, shapes.NUM_CLASSES),
             "digits": (digits.Digits, digits.NUM_CLASSES)}
 _FILE_FORMAT = "array_record"
 FOLDER_PREFIX = "folder:"
