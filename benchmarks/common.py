@@ -65,6 +65,23 @@ def resumable_results(out: str, empty: dict):
   return results, save
 
 
+def train_timed(config, workdir) -> dict:
+  """Trains (or resumes) `config` in `workdir`: {"workdir", "wall_seconds",
+  "seconds_per_step": the median logged rate after the first log, when
+  there are two logs}."""
+  import statistics
+
+  from diffusion_jax.training import loop
+  rates = []
+  start = time.perf_counter()
+  loop.train_and_evaluate(config, str(workdir),
+                          on_log=lambda step, m: rates.append(m.get("steps_per_s", 0.0)))
+  timing = {"workdir": str(workdir), "wall_seconds": round(time.perf_counter() - start, 1)}
+  if len(rates) > 1:
+    timing["seconds_per_step"] = round(1.0 / statistics.median(rates[1:]), 4)
+  return timing
+
+
 def markdown_table(header, rows) -> list[str]:
   """The lines of a markdown table: `header` [K] and `rows` [N][K] (any values)."""
   lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + " --- |" * len(header)]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import pathlib
-import statistics
 import sys
 import time
 
@@ -37,7 +36,7 @@ sys.path.insert(1, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/
 import numpy as np  # noqa: E402
 from text_guidance import judged, test_split  # noqa: E402
 
-from common import environment, markdown_table, resumable_results  # noqa: E402
+from common import environment, markdown_table, resumable_results, train_timed  # noqa: E402
 from diffusion_jax import visualize  # noqa: E402
 from diffusion_jax.data import shapes  # noqa: E402
 from diffusion_jax.evaluation import evaluator as evaluator_lib  # noqa: E402
@@ -92,15 +91,9 @@ def variant_config(name: str, seed: int, args):
 
 
 def train(name: str, seed: int, args) -> dict:
-  from diffusion_jax.training import loop
-  workdir = pathlib.Path(args.root) / f"{name}_seed{seed}"
-  rates = []
-  loop.train_and_evaluate(variant_config(name, seed, args), str(workdir),
-                          on_log=lambda step, m: rates.append(m.get("steps_per_s", 0.0)))
-  timing = {"workdir": str(workdir)}
-  if len(rates) > 1:
-    timing["seconds_per_step"] = round(1.0 / statistics.median(rates[1:]), 4)
-  return timing
+  """Trains (or resumes) one run; its workdir and the time per step."""
+  return train_timed(variant_config(name, seed, args),
+                     pathlib.Path(args.root) / f"{name}_seed{seed}")
 
 
 def placed_prompts(args) -> list[str]:

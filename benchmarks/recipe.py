@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import pathlib
-import statistics
 import sys
 import time
 
@@ -34,7 +33,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import sample_quality  # noqa: E402
 
-from common import environment, markdown_table, resumable_results  # noqa: E402
+from common import environment, markdown_table, resumable_results, train_timed  # noqa: E402
 from diffusion_jax.evaluation import eval_mode, metrics  # noqa: E402
 from diffusion_jax.evaluation import evaluator as evaluator_lib  # noqa: E402
 from diffusion_jax.inference import loading  # noqa: E402
@@ -117,16 +116,8 @@ def recipe_config(name: str, seed: int, args) -> ml_collections.ConfigDict:
 
 def train(name: str, seed: int, args) -> dict:
   """Trains (or resumes) one run; its workdir and the time per step."""
-  from diffusion_jax.training import loop
-  workdir = pathlib.Path(args.root) / f"{name}_seed{seed}"
-  rates = []
-  start = time.perf_counter()
-  loop.train_and_evaluate(recipe_config(name, seed, args), str(workdir),
-                          on_log=lambda step, m: rates.append(m.get("steps_per_s", 0.0)))
-  timing = {"workdir": str(workdir), "wall_seconds": round(time.perf_counter() - start, 1)}
-  if len(rates) > 1:
-    timing["seconds_per_step"] = round(1.0 / statistics.median(rates[1:]), 4)
-  return timing
+  return train_timed(recipe_config(name, seed, args),
+                     pathlib.Path(args.root) / f"{name}_seed{seed}")
 
 
 class Judge:

@@ -104,17 +104,6 @@ def _listing(parts: Sequence[str]) -> str:
   return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def relation_of(position_a: int, position_b: int) -> list[str]:
-  """The true relations of cell `position_a` to `position_b`."""
-  (row_a, col_a), (row_b, col_b) = divmod(position_a, 3), divmod(position_b, 3)
-  found = []
-  if col_a != col_b:
-    found.append("to the left of" if col_a < col_b else "to the right of")
-  if row_a != row_b:
-    found.append("above" if row_a < row_b else "below")
-  return found
-
-
 def caption(rng: np.random.Generator, objects: Sequence[shapes._Object],
             phrasing: str | None = None) -> str:
   """A caption naming every object (a random phrasing unless given)."""
@@ -138,7 +127,7 @@ def caption(rng: np.random.Generator, objects: Sequence[shapes._Object],
   if phrasing == "counts":
     return _listing([_noun(g[0], rng, len(g)) for g in groups.values()])
   a, b, *rest = order
-  options = relation_of(a.position, b.position)
+  options = shapes.relations_of(a.position, b.position)
   text = f"{_noun(a, rng)} {options[int(rng.integers(len(options)))]} {_noun(b, rng)}"
   return text + "".join(f", and {_noun(o, rng)} {where(o)}" for o in rest)
 
@@ -227,7 +216,7 @@ def caption_holds(parsed: dict, cells: dict) -> bool:
     if not all(parsed["objects"][s].get("position", c) == c
                for s, c in zip(slots, assignment)):
       continue
-    if all(relation in relation_of(where[i][0], where[j][0])
+    if all(relation in shapes.relations_of(where[i][0], where[j][0])
            for i, relation, j in parsed["relations"]):
       return True
   return False

@@ -165,14 +165,20 @@ def _noun(rng: np.random.Generator, obj: _Object) -> str:
   return f"a {size}{COLORS[obj.color]} {SHAPES[obj.shape]}"
 
 
+def relations_of(position_a: int, position_b: int) -> list[str]:
+  """The true relations of cell `position_a` to cell `position_b`."""
+  (row_a, col_a), (row_b, col_b) = divmod(position_a, 3), divmod(position_b, 3)
+  found = []
+  if col_a != col_b:
+    found.append("to the left of" if col_a < col_b else "to the right of")
+  if row_a != row_b:
+    found.append("above" if row_a < row_b else "below")
+  return found
+
+
 def _relation(rng: np.random.Generator, position_a: int, position_b: int) -> str:
   """Where cell `position_a` lies relative to `position_b` (a true relation)."""
-  (row_a, col_a), (row_b, col_b) = divmod(position_a, 3), divmod(position_b, 3)
-  options = []
-  if col_a != col_b:
-    options.append("to the left of" if col_a < col_b else "to the right of")
-  if row_a != row_b:
-    options.append("above" if row_a < row_b else "below")
+  options = relations_of(position_a, position_b)
   return options[int(rng.integers(len(options)))]
 
 
