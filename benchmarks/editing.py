@@ -1,23 +1,33 @@
-"""Editing on `shapes`, measured: inpainting, object removal, re-noise edits,
-label swaps and upsampling, judged by the shipped clean-image evaluator.
+"""Editing on `shapes` scenes, measured: inpainting, object removal,
+re-noise edits, prompt swaps, scene building and upsampling, judged by the
+shipped scene evaluator (`scenes16`: every cell empty or which object).
 
-- inpaint: each test scene's object cell is erased and refilled under the
-  caption of another object ("a blue square"); prompt accuracy is how often
-  the evaluator sees the prompted shape and color in the erased cell. The
-  inpainting model (GLIDE's paste into x_0) against the text-to-image model
-  with x_t replacement, and with RePaint's resampling (10, 10).
-  Seam error: the mean absolute difference across the mask border, against
-  the same statistic on the real scenes at the same borders.
-- remove: the same cells filled with the empty prompt: how often no object
-  pixel (a channel above 150) is left in the cell.
-- edit: re-noise edits (SDEdit) of test scenes to another color at several
-  strengths: how often the color changes and the position stays.
-- swap: DDIM (eta 0) from one noise under six prompts: how often the object
-  stays in the cell it takes under the first, against independent noise.
-- upsample: the upsampler on the test split's 16x16 renders, PSNR and SSIM
-  against the true 32x32 renders, beside bilinear and bicubic; and on the
-  text-to-image model's samples (a cascade), its output downsampled against
-  its input.
+Each measurement takes the first test scenes of "shapes/scenes_16" that
+hold an object and asks for a whole scene in a caption that places every
+object ("places" phrasing, `scenes.describe`); a sample is right when the
+evaluator sees exactly that scene (`metrics.captions_hold`: the edited
+object, every kept one, and nothing else).
+
+- inpaint: one object's cell is erased and refilled with another shape and
+  color. The inpainting model (GLIDE's paste into x_0) against the
+  text-to-image model with x_t replacement, and with RePaint's resampling
+  (10, 10). Seam error: the mean absolute difference across the mask
+  border, against the same statistic on the real scenes at the same borders.
+- remove: one object's cell erased under the caption of the objects kept
+  (and under the empty prompt): how often the cell is left empty, and the
+  whole scene right.
+- edit: re-noise edits (SDEdit) recoloring one object at several
+  strengths: how often the scene is the asked one, its color changed, and
+  which cells hold objects kept.
+- swap: DDIM (eta 0) from one noise under six one-object prompts: how often
+  the object stays in the cell it takes under the first, against
+  independent noise.
+- scene: a scene built in three stages (an object, then two more, each
+  inpainted into its cell under the caption of the scene so far).
+- upsample: the upsampler on the test split's 16x16 renders
+  ("shapes/scenes_16_to_32"), PSNR and SSIM against the true 32x32 renders,
+  beside bilinear and bicubic; and on the text-to-image model's samples (a
+  cascade), its output downsampled against its input.
 
 Writes JSON (--out) and figures (--figures), prints markdown tables.
 
@@ -39,10 +49,10 @@ from PIL import Image  # noqa: E402
 
 from common import environment, markdown_table  # noqa: E402
 from diffusion_jax import evaluation, masks, visualize  # noqa: E402
-from diffusion_jax.data import pipeline, shapes  # noqa: E402
+from diffusion_jax.data import pipeline, scenes, shapes  # noqa: E402
+from diffusion_jax.evaluation import metrics  # noqa: E402
 from diffusion_jax.inference import editing, loading  # noqa: E402
 
-OBJECT_LEVEL = 150 / 127.5 - 1  # a channel above this is an object's (backgrounds < 100)
 STRENGTHS = (0.3, 0.5, 0.7, 0.9)
 SWAP_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow square",
                 "a magenta circle", "a cyan triangle")
@@ -76,12 +86,38 @@ def as_float(images) -> np.ndarray:
   return np.asarray(images, np.float32) / 127.5 - 1.0
 
 
-def other_object(rng, example) -> tuple[int, int]:
-  """A (shape, color) that is not the scene's own."""
+SCENES = "shapes/scenes_16"
+CELL_KEYS = ("cell_shape", "cell_color", "cell_size")
+
+
+def scene_examples(args, num: int) -> list[dict]:
+  """The first `num` test scenes that hold an object."""
+  examples = test_examples(SCENES, 4 * num, args.data_dir)
+  return [e for e in examples if int(e["num_objects"]) > 0][:num]
+
+
+def cells_of(example) -> dict:
+  return {k: np.array(example[k]) for k in CELL_KEYS}
+
+
+def changed(cells: dict, cell: int, shape: int = -1, color: int = -1, size: int = -1) -> dict:
+  """A copy of `cells` with `cell` set (all -1: emptied)."""
+  out = {k: v.copy() for k, v in cells.items()}
+  for key, value in zip(CELL_KEYS, (shape, color, size)):
+    out[key][cell] = value
+  return out
+
+
+def occupied_cell(rng, cells) -> int:
+  return int(rng.choice(np.flatnonzero(cells["cell_shape"] >= 0)))
+
+
+def other_object(rng, shape: int, color: int) -> tuple[int, int]:
+  """A (shape, color) other than the given one."""
   while True:
-    shape, color = int(rng.integers(3)), int(rng.integers(6))
-    if (shape, color) != (int(example["shape"]), int(example["color"])):
-      return shape, color
+    new = int(rng.integers(len(shapes.SHAPES))), int(rng.integers(len(shapes.COLORS)))
+    if new != (shape, color):
+      return new
 
 
 def seam_error(images, hole) -> float:
@@ -97,14 +133,31 @@ def seam_error(images, hole) -> float:
   return total / max(count, 1)
 
 
+def rate(values) -> float:
+  return round(float(np.mean(values)), 4)
+
+
+def refill_tasks(args, seed: int):
+  """(images uint8 [N, 16, 16, 3], erased cell [N], the scenes asked for,
+  their captions) of `--num` scenes, one object each changed to another."""
+  rng = np.random.default_rng(seed)
+  examples = scene_examples(args, args.num)
+  cells, asked, prompts = [], [], []
+  for example in examples:
+    scene = cells_of(example)
+    cell = occupied_cell(rng, scene)
+    shape, color = other_object(rng, int(scene["cell_shape"][cell]),
+                                int(scene["cell_color"][cell]))
+    want = changed(scene, cell, shape, color, int(scene["cell_size"][cell]))
+    cells.append(cell)
+    asked.append(want)
+    prompts.append(scenes.describe(want, rng, "places"))
+  return np.stack([e["image"] for e in examples]), np.array(cells), asked, prompts
+
+
 def inpaint_part(args, evaluator, bundles, results, figures):
-  examples = test_examples("shapes/one_object_16", args.num, args.data_dir)
-  rng = np.random.default_rng(0)
-  images = np.stack([e["image"] for e in examples])
-  targets = [other_object(rng, e) for e in examples]
-  prompts = [f"a {shapes.COLORS[c]} {shapes.SHAPES[s]}" for s, c in targets]
-  cells = [int(e["position"]) for e in examples]
-  mask = np.stack([masks.cell(16, p) for p in cells])  # [N, 16, 16, 1]
+  images, cells, asked, prompts = refill_tasks(args, seed=0)
+  mask = np.stack([masks.cell(16, int(c)) for c in cells])  # [N, 16, 16, 1]
   hole = mask[..., 0] == 0
   real_seam = seam_error(as_float(images), hole)
   rows, shown = [], {"original": as_float(images), "masked": as_float(images) * mask}
@@ -118,15 +171,13 @@ def inpaint_part(args, evaluator, bundles, results, figures):
     out = bundles[model].inpaint(images, mask, prompts=prompts, seed=0, method="ddpm",
                                  steps=args.steps, **extra)
     seconds = time.perf_counter() - start
-    seen = evaluation.predict(evaluator, out)
-    shape_ok = seen["shape"] == np.array([s for s, _ in targets])
-    color_ok = seen["color"] == np.array([c for _, c in targets])
-    place_ok = seen["position"] == np.array(cells)
+    seen = metrics.predicted_cells(evaluator, out)
+    at = np.arange(len(out)), cells
+    new_ok = ((seen["cell_shape"][at] == [a["cell_shape"][c] for a, c in zip(asked, cells)])
+              & (seen["cell_color"][at] == [a["cell_color"][c] for a, c in zip(asked, cells)]))
     row = {"setting": name, "num": len(out), "seconds": round(seconds, 1),
-           "prompt_accuracy": round(float(np.mean(shape_ok & color_ok & place_ok)), 4),
-           "accuracy_shape": round(float(shape_ok.mean()), 4),
-           "accuracy_color": round(float(color_ok.mean()), 4),
-           "in_the_hole": round(float(place_ok.mean()), 4),
+           "scene_right": rate(metrics.captions_hold(evaluator, out, prompts)),
+           "new_object_right": rate(new_ok),
            "seam_error": round(seam_error(out, hole), 4),
            "seam_error_real": round(real_seam, 4)}
     print(json.dumps({"part": "inpaint", **row}), flush=True)  # noqa: T201
@@ -137,49 +188,69 @@ def inpaint_part(args, evaluator, bundles, results, figures):
 
 
 def remove_part(args, evaluator, bundles, results, figures):
-  examples = test_examples("shapes/one_object_16", args.num, args.data_dir)
+  rng = np.random.default_rng(2)
+  examples = scene_examples(args, args.num)
   images = np.stack([e["image"] for e in examples])
-  mask = np.stack([masks.cell(16, int(e["position"])) for e in examples])
+  cells = np.array([occupied_cell(rng, cells_of(e)) for e in examples])
+  kept = [changed(cells_of(e), int(c)) for e, c in zip(examples, cells)]
+  prompts = [scenes.describe(k, rng, "places") for k in kept]
+  mask = np.stack([masks.cell(16, int(c)) for c in cells])
   hole = mask[..., 0] == 0
-  rows = []
 
-  def object_free(x):
-    pixels = (np.asarray(x).max(-1) > OBJECT_LEVEL) & hole
-    return float(np.mean(pixels.sum((1, 2)) < 3))
-  rows.append({"setting": "before (the real scenes)", "object_free": object_free(as_float(images))})
+  def measured(name, x):
+    seen = metrics.predicted_cells(evaluator, x)
+    return {"setting": name,
+            "cell_empty": rate(seen["cell_shape"][np.arange(len(x)), cells] < 0),
+            "scene_right": rate(metrics.captions_hold(evaluator, x, prompts))}
+  rows = [measured("before (the real scenes)", images)]
   shown = {"original": as_float(images)}
-  for name, model in (("inpainting model, empty prompt, CFG 5", "inpaint"),
-                      ("text-to-image, x_t replacement, empty prompt", "text2im")):
-    out = editing.remove(bundles[model], images, mask, seed=0, method="ddpm", steps=args.steps)
-    rows.append({"setting": name, "object_free": round(object_free(out), 4),
-                 "seam_error": round(seam_error(out, hole), 4)})
+  for name, model, prompt in (
+      ("inpainting model, the kept objects' caption, CFG 5", "inpaint", prompts),
+      ("inpainting model, empty prompt, CFG 5", "inpaint", None),
+      ("text-to-image, x_t replacement, the kept objects' caption", "text2im", prompts)):
+    if prompt is None:
+      out = editing.remove(bundles[model], images, mask, seed=0, method="ddpm",
+                           steps=args.steps)
+    else:
+      out = bundles[model].inpaint(images, mask, prompts=prompt, seed=0, method="ddpm",
+                                   steps=args.steps)
+    rows.append({**measured(name, out), "seam_error": round(seam_error(out, hole), 4)})
     print(json.dumps({"part": "remove", **rows[-1]}), flush=True)  # noqa: T201
     shown[name] = out
-  results["remove"] = {"rows": rows}
+  results["remove"] = {"prompts": prompts[:8], "rows": rows}
   figures["remove"] = shown
 
 
 def edit_part(args, evaluator, bundles, results, figures):
-  examples = test_examples("shapes/one_object_16", args.num, args.data_dir)
   rng = np.random.default_rng(1)
+  examples = scene_examples(args, args.num)
   images = np.stack([e["image"] for e in examples])
-  colors = [int((e["color"] + 1 + rng.integers(5)) % 6) for e in examples]
-  prompts = [f"a {shapes.COLORS[c]} {shapes.SHAPES[int(e['shape'])]}"
-             for c, e in zip(colors, examples)]
+  cells, asked, prompts = [], [], []
+  for example in examples:
+    scene = cells_of(example)
+    cell = occupied_cell(rng, scene)
+    color = int((scene["cell_color"][cell] + 1 + rng.integers(len(shapes.COLORS) - 1))
+                % len(shapes.COLORS))
+    want = changed(scene, cell, int(scene["cell_shape"][cell]), color,
+                   int(scene["cell_size"][cell]))
+    cells.append(cell)
+    asked.append(want)
+    prompts.append(scenes.describe(want, rng, "places"))
+  at = np.arange(len(examples)), np.array(cells)
+  occupied = np.stack([a["cell_shape"] >= 0 for a in asked])  # [N, 9]
   rows, shown = [], {"original": as_float(images)}
   for strength in STRENGTHS:
     out = bundles["text2im"].edit(images, strength, prompts=prompts, seed=0, method="ddpm",
                                   steps=args.steps)
-    seen = evaluation.predict(evaluator, out)
+    seen = metrics.predicted_cells(evaluator, out)
     rows.append({"strength": strength,
-                 "color_changed": round(float(np.mean(seen["color"] == np.array(colors))), 4),
-                 "position_kept": round(float(np.mean(
-                     seen["position"] == np.array([e["position"] for e in examples]))), 4),
-                 "shape_kept": round(float(np.mean(
-                     seen["shape"] == np.array([e["shape"] for e in examples]))), 4)})
+                 "scene_right": rate(metrics.captions_hold(evaluator, out, prompts)),
+                 "color_changed": rate(seen["cell_color"][at]
+                                       == [a["cell_color"][c] for a, c in zip(asked, cells)]),
+                 "layout_kept": rate(((seen["cell_shape"] >= 0) == occupied).all(1))})
     print(json.dumps({"part": "edit", **rows[-1]}), flush=True)  # noqa: T201
     shown[f"strength {strength:g}"] = out
-  results["edit"] = {"rows": rows}
+  results["edit"] = {"prompts": prompts[:8], "rows": rows}
   figures["edit"] = (shown, prompts)
 
 
@@ -188,18 +259,25 @@ def swap_part(args, evaluator, bundles, results, figures):
   num, rows = args.num, []
 
   def agreement(images):
-    cells = np.stack([evaluation.predict(evaluator, r)["position"] for r in images])  # [P, N]
-    return round(float(np.mean(cells[1:] == cells[:1])), 4)
+    """How often a prompt's sample has its one object in the first prompt's
+    sample's cell (over pairs where both drew one object)."""
+    cells = []
+    for row in images:
+      occupied = metrics.predicted_cells(evaluator, row)["cell_shape"] >= 0  # [N, 9]
+      cells.append(np.where(occupied.sum(1) == 1, occupied.argmax(1), -1))
+    cells = np.stack(cells)  # [P, N]
+    both = (cells[1:] >= 0) & (cells[:1] >= 0)
+    return rate((cells[1:] == cells[:1])[both]), rate(cells >= 0)
   for scale in (3.0, 1.0):
     common = dict(method="ddim", eta=0.0, steps="50", guidance_scale=scale)
     shared = editing.label_swap(bundles["text2im"], list(SWAP_PROMPTS), num=num, seed=0,
                                 **common)
     independent = np.stack([bundles["text2im"].sample(prompts=[p] * num, seed=10 + i, **common)
                             for i, p in enumerate(SWAP_PROMPTS)])
-    rows += [{"setting": f"one noise, six prompts (DDIM eta 0), CFG {scale:g}",
-              "same_cell": agreement(shared)},
-             {"setting": f"independent noise per prompt, CFG {scale:g}",
-              "same_cell": agreement(independent)}]
+    for name, images in ((f"one noise, six prompts (DDIM eta 0), CFG {scale:g}", shared),
+                         (f"independent noise per prompt, CFG {scale:g}", independent)):
+      same, single = agreement(images)
+      rows.append({"setting": name, "same_cell": same, "one_object_drawn": single})
     if scale == 3.0:
       figures["swap"] = shared
   for row in rows:
@@ -237,7 +315,7 @@ def resized(images, size, method) -> np.ndarray:
 
 
 def upsample_part(args, evaluator, bundles, results, figures):
-  examples = test_examples("shapes/one_object_16_to_32", args.num, args.data_dir)
+  examples = test_examples("shapes/scenes_16_to_32", args.num, args.data_dir)
   low = np.stack([e["low_res"] for e in examples])
   high = np.stack([e["image"] for e in examples])
   captions = [e["caption"].decode() if isinstance(e["caption"], bytes) else e["caption"]
@@ -289,7 +367,8 @@ def write_figures(args, bundles, figures):
   if "remove" in figures:
     shown = figures["remove"]
     save_grid([v[:cols] for v in shown.values()], out / "remove.png",
-              ["original", "inpainting model", "text-to-image"])
+              ["original", "inpainting model, kept objects' caption",
+               "inpainting model, empty prompt", "text-to-image, x_t replaced"])
   if "edit" in figures:
     shown, _ = figures["edit"]
     save_grid([v[:cols] for v in shown.values()], out / "edit_strengths.png", list(shown))
@@ -306,56 +385,51 @@ def write_figures(args, bundles, figures):
     story_figures(args, bundles, figures, out)
 
 
+# Three stages, each the caption of the scene so far (the inpainting model
+# learned captions that name every object), its new object's cell erased.
 SCENE = [("a red circle on the left", None),
-         ("a blue square in the top right", masks.cell(16, 2)),
-         ("a green triangle at the bottom", masks.cell(16, 7))]
-# A pixel of the prompted color, in uint8 RGB.
-SCENE_COLORS = {"blue": lambda p: (p[..., 2] > 150) & (p[..., 0] < 120),
-                "green": lambda p: (p[..., 1] > 150) & (p[..., 0] < 120) & (p[..., 2] < 120)}
+         ("a red circle on the left and a blue square in the top right", masks.cell(16, 2)),
+         ("a red circle on the left, a blue square in the top right and a green triangle "
+          "at the bottom", masks.cell(16, 7))]
+SCENE_SEEDS = 8
 
 
 def scene_part(args, evaluator, bundles, results, figures):
-  """Three-stage scenes from 8 seeds: how often each added object shows
-  (4+ pixels of its color in its cell), by the inpainting model and by the
-  text-to-image model with RePaint; the first stage drawn the same way."""
+  """Three-stage scenes from `SCENE_SEEDS` seeds, by the inpainting model and
+  by the text-to-image model with RePaint: how often each stage's scene is
+  its caption's (`metrics.captions_hold`)."""
   rows, shown = [], {}
+  prompts = [p for p, _ in SCENE]
   for name, model, extra in (("inpainting model", "inpaint", {}),
                              ("text-to-image, RePaint (10, 10)", "text2im", {"resample": 10})):
-    added, firsts = [], []
-    for seed in range(8):
-      scenes = editing.build_scene(bundles[model], SCENE, seed=seed, method="ddpm",
-                                   steps=args.steps, **extra)
-      last = visualize.to_uint8(scenes[-1])
-      shows = []
-      for (_, mask), color in zip(SCENE[1:], ("blue", "green")):
-        cell = mask[..., 0] == 0
-        shows.append(int(SCENE_COLORS[color](last)[cell].sum() >= 4))
-      added.append(shows)
-      firsts.append(np.stack(scenes))
-    added = np.asarray(added)
-    rows.append({"setting": name, "seeds": 8,
-                 "second_object_added": round(float(added[:, 0].mean()), 4),
-                 "third_object_added": round(float(added[:, 1].mean()), 4),
-                 "both": round(float(added.all(1).mean()), 4)})
+    stages = []
+    for seed in range(SCENE_SEEDS):
+      stages.append(np.stack(editing.build_scene(bundles[model], SCENE, seed=seed,
+                                                 method="ddpm", steps=args.steps, **extra)))
+    stages = np.stack(stages)  # [seeds, stages, S, S, C]
+    holds = np.stack([metrics.captions_hold(evaluator, stages[:, k], [prompts[k]] * len(stages))
+                      for k in range(len(SCENE))], 1)  # [seeds, stages]
+    rows.append({"setting": name, "seeds": SCENE_SEEDS,
+                 **{f"stage_{k + 1}_right": rate(holds[:, k]) for k in range(len(SCENE))}})
     print(json.dumps({"part": "scene", **rows[-1]}), flush=True)  # noqa: T201
-    shown[name] = (firsts, added)
-  results["scene"] = {"stages": [p for p, _ in SCENE], "rows": rows}
+    shown[name] = (list(stages), holds)
+  results["scene"] = {"stages": prompts, "rows": rows}
   figures["scene"] = shown
 
 
 def story_figures(args, bundles, figures, out):
-  """The scenes (a row per seed of each model, the first where both objects
-  show first), and an outpainted panorama."""
+  """The scenes (two seeds of each model, those right at the last stage
+  first), and an outpainted panorama."""
   if "scene" in figures:
     rows, titles = [], []
-    for name, (scenes, added) in figures["scene"].items():
-      order = sorted(range(len(scenes)), key=lambda i: -int(added[i].all()))[:2]
-      rows += [scenes[i] for i in order]
+    for name, (stages, holds) in figures["scene"].items():
+      order = sorted(range(len(stages)), key=lambda i: -int(holds[i, -1]))[:2]
+      rows += [stages[i] for i in order]
       titles += [f"{name}, seed {i}" for i in order]
     save_grid(rows, out / "scene.png", titles)
   bundle = bundles["inpaint"]
   start = bundle.sample(num=1, seed=5, prompts=["a red circle on the left"], method="ddpm",
-                        steps=args.steps)[0]
+                        steps=args.steps)[0]  # the inpainting model draws from nothing too
   wide = editing.panorama(bundle, start, 64, pixels=8, seed=7, prompts=["a yellow circle"],
                           method="ddpm", steps=args.steps)
   save_grid([wide[None]], out / "panorama.png", ["16 -> 64 wide"])
@@ -364,15 +438,14 @@ def story_figures(args, bundles, figures, out):
 def print_tables(results):
   if "inpaint" in results:
     print("\n".join(markdown_table(  # noqa: T201
-        ["setting", "prompt accuracy", "shape", "color", "in the hole", "seam error (real)",
-         "s"],
-        [[r["setting"], r["prompt_accuracy"], r["accuracy_shape"], r["accuracy_color"],
-          r["in_the_hole"], f'{r["seam_error"]} ({r["seam_error_real"]})', r["seconds"]]
+        ["setting", "scene right", "new object right", "seam error (real)", "s"],
+        [[r["setting"], r["scene_right"], r["new_object_right"],
+          f'{r["seam_error"]} ({r["seam_error_real"]})', r["seconds"]]
          for r in results["inpaint"]["rows"]])))
-  for part, keys in (("remove", ("setting", "object_free", "seam_error")),
-                     ("edit", ("strength", "color_changed", "position_kept", "shape_kept")),
-                     ("swap", ("setting", "same_cell")),
-                     ("scene", ("setting", "second_object_added", "third_object_added", "both")),
+  for part, keys in (("remove", ("setting", "cell_empty", "scene_right", "seam_error")),
+                     ("edit", ("strength", "scene_right", "color_changed", "layout_kept")),
+                     ("swap", ("setting", "same_cell", "one_object_drawn")),
+                     ("scene", ("setting", "stage_1_right", "stage_2_right", "stage_3_right")),
                      ("upsample", ("setting", "psnr", "ssim", "seconds"))):
     if part in results:
       print("\n".join(markdown_table(keys, [[r.get(k, "") for k in keys]  # noqa: T201
@@ -397,7 +470,7 @@ class Models(dict):
 def main(argv=None):
   args = parse_args(argv)
   parts = args.parts.split(",")
-  evaluator = evaluation.load_evaluator("shapes16")
+  evaluator = evaluation.load_evaluator("scenes16")
   bundles = Models(args)
   out = pathlib.Path(args.out)
   results = json.loads(out.read_text()) if out.exists() else {}

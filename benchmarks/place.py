@@ -78,7 +78,7 @@ def parse_args(argv=None):
 
 
 def variant_config(name: str, seed: int, args):
-  config = importlib.import_module("configs.shapes_text2im").get_config("")
+  config = importlib.import_module("configs.shapes_text2im").get_config("one_object")
   for key, value in VARIANTS[name].items():
     section, field = key.split(".")
     config[section][field] = value

@@ -6,7 +6,8 @@ the test split it never trained on, at every CFG scale in {1, 2, 3, 5, 8}
 and, with the conditional model (CFG off, as GLIDE's CLIP-guided notebook),
 at every CLIP scale of a sweep, guided by the noised CLIP
 (configs/shapes_clip.py). The shipped clean-image evaluator judges every
-sample (never the CLIP that guided it; `metrics.judge_captions`):
+sample (never the CLIP that guided it). On one-object scenes (`shapes16`,
+`metrics.judge_captions`):
 
 - caption_accuracy: how often it sees every attribute the caption names
   (shape and color, and size and place where named);
@@ -14,6 +15,12 @@ sample (never the CLIP that guided it; `metrics.judge_captions`):
 - feature_distance: the mean distance between two samples of one prompt in
   the evaluator's features (diversity); spread_size, spread_position: how
   evenly the attributes a prompt leaves free vary (normalized entropy).
+
+On scenes of 0 to 3 objects (a model trained on "shapes/scenes_16"; the
+scene evaluator `scenes16`, `metrics.judge_scene_captions`): caption
+accuracy (every object named, with its attributes, place and relation, and
+no other), count accuracy, and caption accuracy per phrasing (places,
+relation, counts, plain, empty) and per number of objects named.
 
 A "real data" row judges the test images against their own captions.
 The prompt schedule part samples one prompt pair with `switch_at` from 0 to
@@ -38,7 +45,7 @@ import numpy as np  # noqa: E402
 
 from common import environment, markdown_table, save_figure  # noqa: E402
 from diffusion_jax import evaluation, visualize  # noqa: E402
-from diffusion_jax.data import pipeline, shapes  # noqa: E402
+from diffusion_jax.data import pipeline, scenes, shapes  # noqa: E402
 from diffusion_jax.evaluation import metrics  # noqa: E402
 from diffusion_jax.inference import loading  # noqa: E402
 
@@ -46,6 +53,12 @@ CFG_SCALES = (1.0, 2.0, 3.0, 5.0, 8.0)
 CLIP_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0)
 SWITCHES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 SCHEDULE = ("a large red circle in the top left", "a large blue square in the bottom right")
+# The table's columns, where measured (one-object or scene judge).
+COLUMNS = ("caption_accuracy", "count_accuracy", "accuracy_shape", "accuracy_color",
+           "accuracy_size", "accuracy_position", "accuracy_places", "accuracy_relation",
+           "accuracy_counts", "accuracy_plain", "accuracy_empty", "accuracy_1_objects",
+           "accuracy_2_objects", "accuracy_3_objects", "feature_distance", "spread_size",
+           "spread_position", "seconds")
 GRID_PROMPTS = 4  # prompts shown per grid row, 2 samples each
 
 
@@ -53,7 +66,8 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--text2im", default="runs/text2im", help="the text-to-image workdir")
   parser.add_argument("--clip", default="runs/clip", help="the noised CLIP's workdir")
-  parser.add_argument("--evaluator", default="shapes16")
+  parser.add_argument("--evaluator", default="",
+                      help="default: scenes16 for a scenes model, else shapes16")
   parser.add_argument("--out", default="benchmarks/results/text_guidance_cpu.json")
   parser.add_argument("--figures", default="docs/text2im", help="grids and plots go here")
   parser.add_argument("--prompts", type=int, default=24, help="distinct test captions")
@@ -93,10 +107,27 @@ def first_distinct(captions, count: int) -> list[str]:
   return seen
 
 
+def reads_scenes(evaluator) -> bool:
+  """A scene evaluator (one head per grid cell), not a one-object one."""
+  return "cell_0" in dict(evaluator.spec.model.attributes)
+
+
 def judged(evaluator, images, prompts, prompt_ids) -> dict:
-  named = [shapes.parse_caption(prompts[i]) for i in prompt_ids]
-  result = metrics.judge_captions(evaluator, images, named, prompt_ids)
+  if reads_scenes(evaluator):
+    result = metrics.judge_scene_captions(evaluator, images,
+                                          [prompts[i] for i in prompt_ids], prompt_ids)
+  else:
+    named = [shapes.parse_caption(prompts[i]) for i in prompt_ids]
+    result = metrics.judge_captions(evaluator, images, named, prompt_ids)
   return {k: round(v, 4) for k, v in result.items()}
+
+
+def caption_fits(caption: str, example) -> bool:
+  """Whether a caption names only what a test example shows."""
+  if "cell_shape" in example:
+    cells = {k: np.asarray(example[k]) for k in ("cell_shape", "cell_color", "cell_size")}
+    return scenes.caption_holds(scenes.parse_caption(caption), cells)
+  return all(example[k] == v for k, v in shapes.parse_caption(caption).items())
 
 
 def real_data_row(evaluator, images, captions) -> dict:
@@ -148,8 +179,7 @@ def clip_rows(clip, images, captions, examples) -> list[dict]:
   spec = clip.spec.model.spec
   tokens, lens = tok_lib.pad_and_lens(distinct, spec.text_ctx)
   z_text = clip_lib.text_embeddings(spec, clip.params, tokens, lens)  # [C, D]
-  fits = np.array([[all(e[k] == v for k, v in shapes.parse_caption(c).items())
-                    for c in distinct] for e in examples])  # [N, C]
+  fits = np.array([[caption_fits(c, e) for c in distinct] for e in examples])  # [N, C]
   rows = []
   for t in (0, 100, 300, 500, 700, 900):
     noise = jax.random.normal(jax.random.PRNGKey(t), images.shape)
@@ -219,24 +249,27 @@ def plot(results: dict, folder: pathlib.Path) -> str:
     axes[index].plot([r[knob] for r in rows], acc, "-o", **style)
     axes[2].plot(acc, [r["feature_distance"] / real["feature_distance"] for r in rows], "-o",
                  **style)
-    axes[3].plot(acc, [r.get("spread_position", np.nan) for r in rows], "-o", **style)
+    third = "count_accuracy" if "count_accuracy" in rows[0] else "spread_position"
+    axes[3].plot(acc, [r.get(third, np.nan) for r in rows], "-o", **style)
   axes[0].set(xlabel="CFG scale", ylabel="caption accuracy", title="classifier-free guidance")
   axes[1].set_xscale("log")
   axes[1].set(xlabel="CLIP scale", ylabel="caption accuracy",
               title="CLIP guidance (conditional model)")
   axes[2].set(xlabel="caption accuracy (fidelity)",
               ylabel="within-prompt feature distance / real data's", title="diversity")
-  axes[3].set(xlabel="caption accuracy (fidelity)",
-              ylabel="spread of position when unnamed", title="what the prompt leaves free")
+  if "count_accuracy" in real:
+    axes[3].set(xlabel="caption accuracy (fidelity)", ylabel="count accuracy",
+                title="as many objects as named")
+  else:
+    axes[3].set(xlabel="caption accuracy (fidelity)",
+                ylabel="spread of position when unnamed", title="what the prompt leaves free")
   return save_figure(fig, axes, folder / "cfg_vs_clip.png")
 
 
 def markdown(results: dict) -> str:
   lines = []
-  columns = ("caption_accuracy", "accuracy_shape", "accuracy_color", "accuracy_size",
-             "accuracy_position", "feature_distance", "spread_size", "spread_position",
-             "seconds")
   for name, sweep in results["sweeps"].items():
+    columns = tuple(c for c in COLUMNS if any(c in row for row in sweep["rows"]))
     rows = [[row["setting"]] + [row.get(c, "") for c in columns]
             for row in sweep["rows"] + [results["real_data"]]]
     lines += [f"\n{name}\n", *markdown_table(("setting",) + columns, rows)]
@@ -273,12 +306,14 @@ def main(argv=None) -> None:
   start = time.perf_counter()
   bundle = loading.load(args.text2im, kind="diffusion")
   clip = loading.load(args.clip, kind="clip")
-  evaluator = evaluation.load_evaluator(args.evaluator)
+  scene_model = "scenes" in bundle.config.data.name
+  evaluator_name = args.evaluator or ("scenes16" if scene_model else "shapes16")
+  evaluator = evaluation.load_evaluator(evaluator_name)
   images, captions, examples = test_split(bundle.config, args.data_dir)
   prompts = first_distinct(captions, args.prompts)
   results = {"environment": environment(), "model": str(bundle), "clip": str(clip),
              "clip_retrieval": clip_rows(clip, images, captions, examples),
-             "evaluator": args.evaluator, "method": args.method, "steps": args.steps,
+             "evaluator": evaluator_name, "method": args.method, "steps": args.steps,
              "per_prompt": args.per_prompt, "seed": 0, "prompts": prompts,
              "real_data": real_data_row(evaluator, images, captions), "sweeps": {}}
   values_of = lambda text: [float(v) for v in text.split(",") if v.strip()]  # noqa: E731
@@ -291,7 +326,7 @@ def main(argv=None) -> None:
     titles = [f"{'cfg' if name == 'cfg' else 'clip'} = {v:g}" for v in values]
     results["sweeps"][name] = {"knob": knob, "rows": rows, "grid": write_grid(
         folder / f"{name}_sweep.png", grids, titles), "grid_prompts": prompts[:GRID_PROMPTS]}
-  if args.schedule_num:
+  if args.schedule_num and not scene_model:  # its prompts and judge are one-object
     results["schedule"] = run_schedule(bundle, evaluator, args, folder)
   results["plot"] = plot(results, folder)
   results["seconds"] = round(time.perf_counter() - start, 1)

@@ -1,6 +1,7 @@
 """GLIDE's noised CLIP for `shapes`: an image tower that reads x_t and t, and
 a text tower, trained contrastively on noised scenes (the text-to-image
-model's schedule, t uniform) against their captions. It guides the
+model's schedule, t uniform) against their captions: scenes of 0 to 3
+objects (`:one_object`, the earlier model's data). It guides the
 text-to-image model (`sample.clip`, CLIP guidance); it must share that
 model's schedule and image size.
 
@@ -13,9 +14,9 @@ from diffusion_jax import config_lib
 def get_config(arg: str = ""):
   c = config_lib.base_config()
   c.task = "clip"
-  c.data.name = "shapes/one_object_16"
+  c.data.name = "shapes/scenes_16"  # the text-to-image model's scenes
   c.data.batch_size = 128
-  c.model.clip.text_ctx = 16  # CLIP tokens with start and end; the longest caption has 14
+  c.model.clip.text_ctx = 32  # CLIP tokens with start and end; the longest caption has 27
   c.model.clip.text_width = 64
   c.model.clip.text_layers = 2
   c.model.clip.text_heads = 4
@@ -32,7 +33,10 @@ def get_config(arg: str = ""):
   c.train.checkpoint_every = 500
   c.train.ema_rates = (0.999,)
   c.sample.ema_rate = 0.999  # the weights loading and export take
-  chosen = config_lib.variants(arg, ("quick", "32"))
+  chosen = config_lib.variants(arg, ("quick", "32", "one_object"))
+  if "one_object" in chosen or "quick" in chosen:  # the earlier model's data; the tests'
+    c.data.name = "shapes/one_object_16"
+    c.model.clip.text_ctx = 16  # the longest one-object caption has 14 CLIP tokens
   if "32" in chosen:  # for the text-to-image model's :32 (two objects, relations)
     c.data.name = "shapes/two_objects_32"
     c.model.clip.text_ctx = 24

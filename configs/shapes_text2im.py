@@ -4,11 +4,15 @@ dropped to the empty prompt, as GLIDE, so that classifier-free guidance
 works. Sampling defaults are the GLIDE notebook's: guidance scale 3, 100
 steps.
 
-The default is sized for a CPU: 16x16 scenes of one object, whose captions
-name its shape, color, and often its size and place (docs/text2im.md says
-what training took). `:32` is the GPU size: 32x32 scenes of two objects,
-whose captions add a relation ("a red circle above a small blue square").
-`:quick` runs in seconds (tests).
+The default is sized for a CPU: 16x16 scenes of 0 to 3 objects
+("shapes/scenes_16"), whose captions name every object with its places, a
+relation between two, counts, or attributes alone; v-prediction, which
+learns place where eps-prediction stays at chance (docs/text2im.md), 8,000
+steps (about an hour on two CPU cores). `:one_object` is the earlier
+model's data and target (one object, eps; benchmarks/place.py). `:32` is
+the GPU size: 32x32 scenes of two objects, whose captions add a relation
+("a red circle above a small blue square"). `:quick` runs in seconds
+(tests, on one-object scenes).
 
     python -m diffusion_jax.main --mode=train --config=configs/shapes_text2im.py \
         --workdir=runs/text2im
@@ -26,18 +30,39 @@ PROMPTS_32 = ("a red circle above a blue square",
               "a large cyan circle and a small red square",
               "a yellow triangle to the right of a green square",
               "a large magenta square above a small cyan triangle")
+PROMPTS_SCENES = ("a red circle in the top left and a blue square in the bottom right",
+                  "a green triangle above a yellow circle",
+                  "two magenta squares", "three small cyan circles",
+                  "a large blue triangle in the center", "an empty scene")
 
 
 def get_config(arg: str = ""):
   c = config_lib.small_text2im(config_lib.base_config())
-  c.data.name = "shapes/one_object_16"
-  c.sample.prompts = "|".join(PROMPTS)
-  chosen = config_lib.variants(arg, ("quick", "32"))
+  chosen = config_lib.variants(arg, ("quick", "32", "one_object"))
+  _scenes_16(c)
   if "32" in chosen:
     _two_objects_32(c)
+  if "one_object" in chosen or "quick" in chosen:
+    _one_object_16(c)
   if "quick" in chosen:
     config_lib.quick_text(c)
   return c
+
+
+def _scenes_16(c) -> None:
+  """0 to 3 objects at 16x16, v-prediction, 8,000 steps."""
+  config_lib.scenes_text(c)
+  c.train.num_steps = 8000
+  c.sample.prompts = "|".join(PROMPTS_SCENES)
+
+
+def _one_object_16(c) -> None:
+  """The earlier default: one object at 16x16, eps-prediction, 3,000 steps."""
+  c.data.name = "shapes/one_object_16"
+  c.model.text_ctx = 16  # the longest one-object caption has 12 GPT-2 tokens
+  c.diffusion.parameterization = "eps"
+  c.train.num_steps = 3000
+  c.sample.prompts = "|".join(PROMPTS)
 
 
 def _two_objects_32(c) -> None:
@@ -50,6 +75,7 @@ def _two_objects_32(c) -> None:
   c.model.attention_resolutions = (16, 8)
   c.model.num_head_channels = 64
   c.model.learn_sigma = True
+  c.diffusion.parameterization = "eps"
   c.model.text_ctx = 24  # the longest two-object caption has 18 tokens
   c.model.xf_width = 256
   c.model.xf_layers = 4

@@ -1,8 +1,9 @@
 """Upsampling on `shapes`, 16x16 -> 32x32: GLIDE's text-conditional
 upsampler (`SuperResText2ImUNet`) for the 16x16 text-to-image model
 (configs/shapes_text2im.py). It reads the low-res render of the same scene
-("shapes/one_object_16_to_32": exact pairs), upsampled bilinearly and
-concatenated to x_t, and the caption (20% dropped).
+("shapes/scenes_16_to_32": exact pairs of scenes of 0 to 3 objects;
+`:one_object` the earlier model's "one_object_16_to_32"), upsampled
+bilinearly and concatenated to x_t, and the caption (20% dropped).
 
 In training only, half of the low-res inputs are blurred and noised
 (`conditioning.degrade_low_res`), so that the upsampler tolerates a base
@@ -20,7 +21,8 @@ from diffusion_jax import config_lib
 
 def get_config(arg: str = ""):
   c = config_lib.small_text2im(config_lib.base_config())
-  c.data.name = "shapes/one_object_16_to_32"
+  config_lib.scenes_text(c)
+  c.data.name = "shapes/scenes_16_to_32"
   c.model.low_res_size = 16
   c.model.attention_resolutions = (8,)  # 32 -> 16 -> 8: attention at the lowest level
   c.diffusion.schedule = "linear"  # GLIDE's upsampler
@@ -37,7 +39,11 @@ def get_config(arg: str = ""):
   c.sample.temperature = 0.997
   c.sample.guidance_scale = 1.0
   c.sample.prompts = "a red circle|a small blue square at the top"
-  if "quick" in config_lib.variants(arg, ("quick",)):
+  chosen = config_lib.variants(arg, ("quick", "one_object"))
+  if "one_object" in chosen or "quick" in chosen:  # the earlier model's data; the tests'
+    c.data.name = "shapes/one_object_16_to_32"
+    c.model.text_ctx = 16
+  if "quick" in chosen:
     config_lib.quick_text(c)
     c.model.attention_resolutions = (16,)  # two levels at 32: 32, 16
   return c

@@ -1,7 +1,9 @@
 """Inpainting masks: 1 where a pixel is known (kept), 0 where the model fills it.
 
 `random_masks` draws training masks inside the traced train step (boxes and
-free-form brush strokes, half each); `box`, `strip` and `cells` build the
+free-form brush strokes, half each; on scenes that store their cells, a
+third over one cell of the 3x3 grid, mostly an occupied one); `box`,
+`strip` and `cell` build the
 masks users draw in code. All masks are float32 [B, H, W, 1] (host helpers
 [H, W, 1]).
 """
@@ -19,6 +21,11 @@ _VERTICES = 5
 _SEGMENT_POINTS = 6
 _RADIUS = (0.06, 0.14)
 _BOX_SIDE = (0.25, 0.75)  # box side, as a fraction of the image side
+GRID = 3  # the shapes grid: 3x3 cells
+# A cell mask erases an occupied cell with this chance (where the scene has
+# one), else any cell: the model learns to fill a named object and to leave
+# a cell its caption does not name empty (object removal).
+OCCUPIED_CELL_PROBABILITY = 0.75
 
 
 def _grid(height: int, width: int):
@@ -57,13 +64,45 @@ def _stroke_holes(rng, batch: int, height: int, width: int) -> jax.Array:
   return jnp.any(dist2 <= radius ** 2, axis=-1).astype(jnp.float32)
 
 
-def random_masks(rng: jax.Array, batch: int, height: int, width: int) -> jax.Array:
-  """Training masks [B, H, W, 1]: half random boxes, half free-form strokes
-  (the hole is 0). Traced: a pure function of `rng`."""
+def _cell_holes(cells: jax.Array, height: int, width: int) -> jax.Array:
+  """1 inside grid cell `cells` [B] (0 top left .. 8 bottom right, as
+  `cell` numbers them), [B, H, W]."""
+  y, x = _grid(height, width)
+  row, col = (cells // GRID)[:, None, None], (cells % GRID)[:, None, None]
+  inside_y = (jnp.floor(y * GRID) == row)
+  inside_x = (jnp.floor(x * GRID) == col)
+  return (inside_y & inside_x).astype(jnp.float32)
+
+
+def _random_cells(rng, occupied: jax.Array) -> jax.Array:
+  """One cell [B] per scene: an occupied one (`occupied` bool [B, 9]) with
+  chance `OCCUPIED_CELL_PROBABILITY` where there is one, else any."""
+  pick_rng, occupied_rng, any_rng = jax.random.split(rng, 3)
+  batch = occupied.shape[0]
+  any_cell = jax.random.randint(any_rng, (batch,), 0, GRID * GRID)
+  logits = jnp.where(occupied, 0.0, -jnp.inf)
+  occupied_cell = jax.random.categorical(occupied_rng, jnp.where(
+      occupied.any(-1, keepdims=True), logits, 0.0))
+  use_occupied = (jax.random.bernoulli(pick_rng, OCCUPIED_CELL_PROBABILITY, (batch,))
+                  & occupied.any(-1))
+  return jnp.where(use_occupied, occupied_cell, any_cell)
+
+
+def random_masks(rng: jax.Array, batch: int, height: int, width: int,
+                 occupied: jax.Array | None = None) -> jax.Array:
+  """Training masks [B, H, W, 1], the hole 0: half random boxes, half
+  free-form strokes; given `occupied` (bool [B, 9], a scene's cells that
+  hold an object), a third each of boxes, strokes and grid cells
+  (`_random_cells`). Traced: a pure function of `rng` (and `occupied`)."""
   kind_rng, box_rng, stroke_rng = jax.random.split(rng, 3)
   use_box = jax.random.bernoulli(kind_rng, 0.5, (batch, 1, 1))
   holes = jnp.where(use_box, _box_holes(box_rng, batch, height, width),
                     _stroke_holes(stroke_rng, batch, height, width))
+  if occupied is not None:
+    cell_rng, kind_rng = jax.random.split(jax.random.fold_in(rng, 1))
+    cells = _cell_holes(_random_cells(cell_rng, occupied), height, width)
+    use_cell = jax.random.bernoulli(kind_rng, 1 / 3, (batch, 1, 1))
+    holes = jnp.where(use_cell, cells, holes)
   return (1.0 - holes)[..., None]
 
 

@@ -234,6 +234,31 @@ def test_training_masks_are_boxes_and_strokes():
   assert 10 < boxes.sum() < 60  # about half boxes, half strokes
 
 
+def test_scene_training_masks_erase_grid_cells_mostly_occupied_ones():
+  """Given a scene's occupied cells, a third of the masks are whole grid
+  cells, the user's `masks.cell`, and three in four of those an occupied one
+  (an empty scene: any cell)."""
+  batch = 3000
+  occupied = np.zeros((batch, 9), bool)
+  occupied[:, 2] = occupied[:, 6] = True
+  occupied[::10] = False  # empty scenes
+  masks = np.asarray(masks_lib.random_masks(jax.random.key(3), batch, 16, 16,
+                                            jnp.asarray(occupied)))
+  cell_masks = np.stack([masks_lib.cell(16, p) for p in range(9)])  # [9, 16, 16, 1]
+  match = (masks[:, None] == cell_masks[None]).all((2, 3, 4))  # [B, 9]
+  is_cell = match.any(1)
+  assert abs(is_cell.mean() - 1 / 3) < 0.04
+  scenes = is_cell & occupied.any(1)
+  on_object = (match & occupied).any(1)[scenes].mean()
+  # 0.75 aimed, plus the unaimed quarter's 2 in 9
+  assert abs(on_object - (0.75 + 0.25 * 2 / 9)) < 0.05
+  empty = is_cell & ~occupied.any(1)
+  assert len(set(match[empty].argmax(1))) == 9  # any cell
+  unaimed = np.asarray(masks_lib.random_masks(jax.random.key(3), 64, 16, 16))
+  np.testing.assert_array_equal(
+      unaimed, np.asarray(masks_lib.random_masks(jax.random.key(3), 64, 16, 16, None)))
+
+
 def test_low_res_degradation_is_training_only_and_bounded():
   from diffusion_jax.inference import conditioning
   low = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (64, 8, 8, 3)), jnp.float32)

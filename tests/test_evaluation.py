@@ -68,6 +68,16 @@ def test_the_scene_evaluator_reads_every_cell_of_fresh_scenes():
     assert within_noise(got, stated[f"cell_{i}"], len(fresh)), (i, got, stated)
   judged = metrics.judge_scene_captions(evaluator, images, [s["caption"] for s in fresh])
   assert judged["caption_accuracy"] >= 0.97 and judged["count_accuracy"] >= 0.99, judged
+  kinds = {"empty", "relation", "counts", "places", "plain"}
+  assert {f"accuracy_{k}" for k in kinds} | {f"accuracy_{n}_objects" for n in range(4)} <= set(
+      judged)
+  assert min(judged[f"accuracy_{k}"] for k in kinds) >= 0.95, judged
+  # One scene copied under two prompts: no diversity; right for its own caption only.
+  copies = metrics.judge_scene_captions(evaluator, np.repeat(images[1:2], 4, 0),
+                                        [fresh[1]["caption"]] * 2 + [fresh[2]["caption"]] * 2,
+                                        prompt_ids=np.array([0, 0, 1, 1]))
+  assert copies["feature_distance"] == pytest.approx(0, abs=1e-3)
+  assert copies["caption_accuracy"] == 0.5, (fresh[1]["caption"], fresh[2]["caption"])
 
 
 def test_digits_evaluator_on_held_out_digits():

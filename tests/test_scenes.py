@@ -98,6 +98,41 @@ def test_the_judge_scores_hand_made_scenes(text, holds):
   assert scenes.caption_holds(scenes.parse_caption(text), cells) == holds
 
 
+@pytest.mark.parametrize("text, kind", [
+    ("an empty scene", "empty"), ("a red circle above a blue square", "relation"),
+    ("a green triangle to the left of a red circle, and a blue square at the top",
+     "relation"),
+    ("two green triangles and a red circle", "counts"),
+    ("a red circle at the top and a blue square in the center", "places"),
+    ("a red circle at the top and a blue square", "plain"), ("a small red circle", "plain")])
+def test_the_phrasing_of_a_caption(text, kind):
+  assert scenes.phrasing_of(scenes.parse_caption(text)) == kind
+
+
+def test_every_phrasing_is_read_back_as_itself():
+  rng = np.random.default_rng(0)
+  for index in range(200):
+    objects = scenes._sample(np.random.default_rng([5, index, scenes.STREAM]))
+    for phrasing in scenes.PHRASINGS:
+      try:
+        text = scenes.caption(rng, objects, phrasing)
+      except ValueError:
+        continue  # a phrasing that does not fit this scene
+      want = "empty" if not objects else phrasing
+      assert scenes.phrasing_of(scenes.parse_caption(text)) == want, text
+
+
+def test_a_described_scene_holds_its_caption_in_every_phrasing():
+  rng = np.random.default_rng(1)
+  for index in range(100):
+    example = scenes.render(7, index, 16)
+    cells = {k: example[k] for k in ("cell_shape", "cell_color", "cell_size")}
+    for phrasing in ("places", "plain"):
+      text = scenes.describe(cells, rng, phrasing)
+      assert scenes.caption_holds(scenes.parse_caption(text), cells), text
+  assert scenes.describe(_cells(), rng, "places") in scenes.EMPTY_CAPTIONS
+
+
 def test_counts_and_the_empty_scene():
   pair = _cells((0, "triangle", "green", "small"), (8, "triangle", "green", "large"))
   assert scenes.caption_holds(scenes.parse_caption("two green triangles"), pair)
@@ -120,7 +155,24 @@ def test_the_scenes_configs_store_what_render_gives(tmp_path):
   first = next(builder._generate_examples("train"))
   assert first[0] == 0 and first[1]["caption"] == scenes.render(1, 0, 16)["caption"]
   names = {c.name for c in shapes_tfds.Shapes.BUILDER_CONFIGS}
-  assert {"scenes_16", "scenes_32", "scenes_64"} <= names
+  assert {"scenes_16", "scenes_32", "scenes_64", "scenes_16_to_32"} <= names
+
+
+def test_the_upsampling_scenes_pair_one_scene_at_two_sizes(tmp_path):
+  """`scenes_16_to_32`: the 32x32 scene with its own 16x16 render as
+  "low_res" (the same objects and caption; box-downsampled, the large image
+  is close to the small one, and far from another scene's)."""
+  builder = shapes_tfds.Shapes(config="scenes_16_to_32", data_dir=str(tmp_path))
+  index, pair = next(builder._generate_examples("train"))
+  alone = scenes.render(1, index, 16)
+  np.testing.assert_array_equal(pair["low_res"], alone["image"])
+  assert pair["caption"] == alone["caption"] and pair["image"].shape == (32, 32, 3)
+  np.testing.assert_array_equal(pair["cell_shape"], alone["cell_shape"])
+  builder.info.features.encode_example(pair)
+  down = pair["image"].reshape(16, 2, 16, 2, 3).mean((1, 3))
+  other = scenes.render(1, index + 1, 16)["image"]
+  assert (np.abs(down - alone["image"]).mean()
+          < 0.5 * np.abs(down - other.astype(np.float64)).mean())
 
 
 def test_cell_codes_round_trip_and_name_each_cell_alone():

@@ -132,21 +132,35 @@ def caption(rng: np.random.Generator, objects: Sequence[shapes._Object],
   return text + "".join(f", and {_noun(o, rng)} {where(o)}" for o in rest)
 
 
-def render(seed: int, index: int, image_size: int = 16) -> dict:
+def describe(cells: dict, rng: np.random.Generator, phrasing: str | None = None) -> str:
+  """A caption (`caption`) of the scene that `cells` ("cell_shape",
+  "cell_color", "cell_size": [9], -1 empty) hold: what an edit asks for."""
+  objects = [shapes._Object(int(cells["cell_shape"][c]), int(cells["cell_color"][c]),
+                            int(cells["cell_size"][c]), c, (0.0, 0.0), (0.0, 0.0, 0.0))
+             for c in range(NUM_CELLS) if cells["cell_shape"][c] >= 0]
+  return caption(rng, objects, phrasing if objects else None)
+
+
+def render(seed: int, index: int, image_size: int = 16, low_res_size: int = 0) -> dict:
   """Example `index` of the stream `seed`: {"image": uint8 [S, S, 3],
   "label", "num_objects": int64, "cell_shape", "cell_color", "cell_size":
   int64 [9] (-1 empty), "cell_0" ... "cell_8": int64 (`cell_codes`, the
-  scene evaluator's targets), "caption": str}."""
+  scene evaluator's targets), "caption": str}; `low_res_size` s > 0 adds
+  "low_res" uint8 [s, s, 3], the same scene rendered at s (its own
+  anti-aliasing and texture: the upsampling pairs)."""
   rng = np.random.default_rng([seed, index, STREAM])
   objects = _sample(rng)
   background = shapes._sample_background(rng)
   text = caption(rng, objects)
   image = shapes._render(objects, background, rng, image_size)
+  extra = {}
+  if low_res_size:
+    extra["low_res"] = render(seed, index, low_res_size)["image"]
   label = (shapes.label_of(objects[0].shape, objects[0].color) if objects else EMPTY_LABEL)
   cells = cells_of(objects)
   codes = {f"cell_{i}": code for i, code in enumerate(cell_codes(cells))}
   return {"image": image, "label": np.int64(label), "num_objects": np.int64(len(objects)),
-          **cells, **codes, "caption": text}
+          **cells, **codes, "caption": text, **extra}
 
 
 # -- reading captions back ---------------------------------------------------
@@ -190,6 +204,20 @@ def parse_caption(text: str) -> dict:
       relations.append((i, relation.group(1), i + 1))
     objects.append(named)
   return {"objects": objects, "relations": relations}
+
+
+def phrasing_of(parsed: dict) -> str:
+  """Which kind of caption `parse_caption` read: "empty", "relation" (a
+  relation between two objects), "counts" (a number above one), "places"
+  (every object placed) or "plain" (attributes alone)."""
+  objects = parsed["objects"]
+  if not objects:
+    return "empty"
+  if parsed["relations"]:
+    return "relation"
+  if any(o["count"] > 1 for o in objects):
+    return "counts"
+  return "places" if all("position" in o for o in objects) else "plain"
 
 
 def _fits(named: dict, cells: dict, cell: int) -> bool:

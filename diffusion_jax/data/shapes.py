@@ -33,7 +33,7 @@ IMAGE_SIZES = (16, 32, 64)
 # drawn by `scenes.py`.
 SCENES = -1
 # (objects, low-res size, image size) of the upsampling configs.
-UPSAMPLING = ((1, 16, 32), (2, 32, 64))
+UPSAMPLING = ((1, 16, 32), (2, 32, 64), (SCENES, 16, 32))
 # The int64 attributes of each object; the second object's carry a "2".
 ATTRIBUTES = ("shape", "color", "size", "position")
 # The number of values of each attribute.

@@ -103,7 +103,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     for index in range(shapes.SPLIT_SIZES[split]):
       if config.num_objects == shapes.SCENES:
-        yield index, scenes.render(shapes.SPLIT_SEEDS[split], index, config.image_size)
+        yield index, scenes.render(shapes.SPLIT_SEEDS[split], index, config.image_size,
+                                   config.low_res_size)
       elif config.low_res_size:
         yield index, shapes.render_pair(shapes.SPLIT_SEEDS[split], index, config.low_res_size,
                                  config.image_size, config.num_objects)

@@ -223,15 +223,49 @@ def cell_accuracy(predicted: Mapping[str, np.ndarray],
   return result
 
 
-def judge_scene_captions(evaluator, images: np.ndarray, captions: Sequence[str]) -> dict:
-  """{"caption_accuracy": how often the scene evaluator sees exactly what
-  the caption says (`scenes.caption_holds`), "count_accuracy": how often it
-  sees as many objects as the caption names}."""
+def captions_hold(evaluator, images: np.ndarray, captions: Sequence[str]) -> np.ndarray:
+  """bool [N]: whether the scene evaluator sees exactly what each caption
+  says in its image (`scenes.caption_holds`)."""
   cells = predicted_cells(evaluator, images)
-  holds, counts = [], []
+  return np.array([scenes.caption_holds(scenes.parse_caption(text),
+                                        {k: v[i] for k, v in cells.items()})
+                   for i, text in enumerate(captions)])
+
+
+def judge_scene_captions(evaluator, images: np.ndarray, captions: Sequence[str],
+                         prompt_ids: np.ndarray | None = None) -> dict:
+  """Whole-scene fidelity of images asked to show `captions` [N].
+
+  Returns:
+    {"caption_accuracy": how often the scene evaluator sees exactly what
+     the caption says (`scenes.caption_holds`: every object named, with its
+     attributes, place and relation, and none other), "count_accuracy": how
+     often it sees as many objects as the caption names,
+     "accuracy_<phrasing>": caption accuracy over the captions of each kind
+     (`scenes.phrasing_of`), "accuracy_<n>_objects": over those naming n
+     objects; with `prompt_ids` [N], "feature_distance", the mean
+     within-prompt distance in the evaluator's features (diversity)}.
+  """
+  outputs = evaluator_lib.outputs(evaluator, images)
+  predicted = evaluator_lib.argmax_heads(outputs)
+  codes = np.stack([predicted[f"cell_{i}"] for i in range(scenes.NUM_CELLS)], -1)  # [N, 9]
+  cells = scenes.cells_from_codes(codes)
+  holds, counts, kinds, sizes = [], [], [], []
   for i, text in enumerate(captions):
     parsed = scenes.parse_caption(text)
     seen = {k: v[i] for k, v in cells.items()}
+    named = sum(o["count"] for o in parsed["objects"])
     holds.append(scenes.caption_holds(parsed, seen))
-    counts.append(sum(o["count"] for o in parsed["objects"]) == (seen["cell_shape"] >= 0).sum())
-  return {"caption_accuracy": float(np.mean(holds)), "count_accuracy": float(np.mean(counts))}
+    counts.append(named == (seen["cell_shape"] >= 0).sum())
+    kinds.append(scenes.phrasing_of(parsed))
+    sizes.append(named)
+  holds, kinds, sizes = np.asarray(holds), np.asarray(kinds), np.asarray(sizes)
+  result = {"caption_accuracy": float(holds.mean()), "count_accuracy": float(np.mean(counts))}
+  for kind in sorted(set(kinds)):
+    result[f"accuracy_{kind}"] = float(holds[kinds == kind].mean())
+  for size in sorted(set(sizes)):
+    result[f"accuracy_{size}_objects"] = float(holds[sizes == size].mean())
+  if prompt_ids is not None:
+    result["feature_distance"] = mean_pairwise_distance(outputs[evaluator_lib.FEATURES],
+                                                        np.asarray(prompt_ids))
+  return result

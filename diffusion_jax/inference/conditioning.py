@@ -212,14 +212,19 @@ class KnownImage:
 class KnownMask:
   """Where an inpainting model's known image holds: float32 [B, S, S, 1], 1
   kept, 0 to fill (GLIDE's `inpaint_mask`). In training, random boxes and
-  brush strokes (`masks.random_masks`). Default zeros (nothing known)."""
+  brush strokes, and on scenes that store their cells grid cells too
+  (`masks.random_masks`). Default zeros (nothing known)."""
   image_size: int
   arg: str = "mask"
   keys: tuple = ("inpaint_mask",)
   optional: bool = True
 
   def from_example(self, example: Mapping[str, Any]) -> dict:
-    return {}  # drawn in `for_training`
+    """The masks are drawn in `for_training`; a scene's occupied cells
+    (bool [9], from "cell_shape") go with the batch to aim them."""
+    if "cell_shape" not in example:
+      return {}
+    return {"occupied_cells": np.asarray(example["cell_shape"]) >= 0}
 
   def placeholder(self, batch_size: int) -> dict[str, jax.Array]:
     return {"inpaint_mask": jnp.zeros(self._shape(batch_size), jnp.float32)}
@@ -229,7 +234,8 @@ class KnownMask:
 
   def for_training(self, rng: jax.Array, batch: Arrays, prob: float) -> dict[str, jax.Array]:
     batch_size, height, width = batch["image"].shape[:3]
-    return {"inpaint_mask": masks_lib.random_masks(rng, batch_size, height, width)}
+    return {"inpaint_mask": masks_lib.random_masks(rng, batch_size, height, width,
+                                                   batch.get("occupied_cells"))}
 
   def prepare(self, value, batch_size: Optional[int]) -> dict[str, np.ndarray]:
     array = np.asarray(value)
