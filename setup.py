@@ -56,6 +56,10 @@ setup(
         "convert": ["torch>=2.5,<=2.13.0"],
         # tests/data/diffusers_parity.py writes the solvers' reference data.
         "parity": ["torch>=2.5,<=2.13.0", "diffusers>=0.30"],
+        # The manual (docs/conf.py): Sphinx, the JAX libraries' theme, MyST
+        # Markdown and notebooks (rendered from their saved outputs).
+        "docs": ["sphinx>=8,<10", "sphinx-book-theme>=1.1,<1.5", "myst-parser>=4,<6",
+                 "myst-nb>=1.1,<1.5"],
     },
     entry_points={"console_scripts": ["diffusion-jax=diffusion_jax.main:run"]},
     license="Apache-2.0",

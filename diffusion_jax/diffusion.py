@@ -312,6 +312,7 @@ def loss_weight(sched: Schedule, t: jax.Array, parameterization: str,
 
   Each weighting is a weight on the x_0 error, turned into a weight on the
   prediction's error by `x0_mse_factor`:
+
   - "none": 1 on the prediction (L_simple);
   - "min_snr": min(SNR, gamma) on x_0 (Hang et al. 2023): min(SNR, gamma) /
     SNR for eps, min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) for x0;

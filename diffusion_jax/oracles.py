@@ -157,8 +157,8 @@ def as_prediction(eps_fn, schedule: Schedule, parameterization: str):
 def finite_set_model_fn(images: jax.Array, schedule: Schedule):
   """The optimal eps-model for a training set of N examples [N, ...].
 
-  E[x_0 | x_t] = sum_i softmax_i(-|x_t - sqrt(abar) x_i|^2 / (2 (1 - abar))) x_i
-  and eps = (x_t - sqrt(abar) E[x_0 | x_t]) / sqrt(1 - abar).
+  `E[x_0 | x_t] = sum_i softmax_i(-|x_t - sqrt(abar) x_i|^2 / (2 (1 - abar))) x_i`
+  and `eps = (x_t - sqrt(abar) E[x_0 | x_t]) / sqrt(1 - abar)`.
   """
   train = _flat(jnp.asarray(images))  # [N, D]
 

@@ -146,10 +146,10 @@ def solver_step(model_fn, schedule: Schedule, x_t, t, rng, history, method: str,
   return x_next, pred_x0, history
 
 
-# Heun's correction at the two ends of the path (heun_step). False, ours: the
-# first step and the last real step are Euler's. True: every step but the
-# one to sigma 0 is corrected, as k-diffusion and diffusers do (the parity
-# test sets it; read when the sampler is traced).
+#: Heun's correction at the two ends of the path (`heun_step`). False, ours:
+#: the first step and the last real step are Euler's. True: every step but
+#: the one to sigma 0 is corrected, as k-diffusion and diffusers do (the
+#: parity test sets it; read when the sampler is traced).
 HEUN_CORRECTS_ENDS = False
 
 
@@ -467,8 +467,9 @@ def sample(model_fn: Callable, schedule: Schedule, shape: Sequence[int],
       cond_fn, e.g. `y=labels`.
 
   Returns:
-    x_0 [shape], or (x_0, {"x": [L, *shape], "pred_x0": [L, *shape]}) with
-    the trajectory ordered from the first step to the last.
+    The samples x_0 [shape]; with `return_trajectory`, (x_0, trajectory), the
+    trajectory a dict of "x" and "pred_x0", each `[L, *shape]`, from the
+    first step to the last.
   """
   shape = tuple(int(s) for s in shape)
   _check_options(method, eta, variance, parameterization)

@@ -5,6 +5,7 @@
 #   bash launch/quickstart.sh main   # the main job: train on shapes, write a sample grid
 #   bash launch/quickstart.sh test   # the test suite on the CPU backend
 #   bash launch/quickstart.sh toy    # the exact-denoiser demo (2-D mixture, seconds)
+#   bash launch/quickstart.sh docs   # the manual, HTML in docs/_build/html (every warning an error)
 #
 # Needs only python3 >= 3.10 with venv; set PYTHON to use another interpreter,
 # DIFFUSION_JAX_VENV to put the environment elsewhere, and DIFFUSION_JAX_EXTRAS
@@ -60,7 +61,16 @@ case "${1:-}" in
     ensure_env
     exec "$venv/bin/python" -m pytest -q "$@"
     ;;
+  docs)
+    shift
+    case ",$extras," in *,docs,*) ;; *) extras="$extras,docs" ;; esac
+    ensure_env
+    # The source is the repository root (docs/conf.py says why); -W: a broken
+    # link, a missing image or a docstring that does not parse fails the build.
+    JAX_PLATFORMS=cpu exec "$venv/bin/python" -m sphinx -W --keep-going -q -c docs . \
+      docs/_build/html "$@"
+    ;;
   *)
-    die "usage: bash launch/quickstart.sh {main|test|toy} [extra arguments]"
+    die "usage: bash launch/quickstart.sh {main|test|toy|docs} [extra arguments]"
     ;;
 esac

@@ -2,7 +2,7 @@
 
 - `FeatureStats`: the mean and covariance of features, accumulated in
   float64 batch by batch (50k samples never sit in memory at once).
-- `frechet_distance`: |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) in
+- `frechet_distance`: `|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))` in
   float64; the trace of the matrix square root is taken as the sum of the
   square roots of the eigenvalues of S1^(1/2) S2 S1^(1/2), a symmetric
   positive semi-definite matrix, so no complex parts or `sqrtm` failures.
@@ -29,7 +29,7 @@ import numpy as np
 
 @dataclasses.dataclass
 class FeatureStats:
-  """Running sums of features [*, D] in float64: `add` batches, then read
+  """Running sums of features [..., D] in float64: `add` batches, then read
   `mean` and `covariance` (unbiased, N - 1)."""
   dim: int
   count: int = 0
