@@ -24,7 +24,8 @@ relation, counts, plain, empty) and per number of objects named.
 
 A "real data" row judges the test images against their own captions.
 The prompt schedule part samples one prompt pair with `switch_at` from 0 to
-1 and counts whose position and whose color the samples take.
+1 and counts whose position and whose color the samples take (a scene
+evaluator reads a sample as one object only where it sees exactly one).
 
 Every setting draws the same prompts and noise (seed 0). Writes JSON (--out),
 grids and a plot into --figures, and prints markdown tables.
@@ -65,7 +66,8 @@ GRID_PROMPTS = 4  # prompts shown per grid row, 2 samples each
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--text2im", default="runs/text2im", help="the text-to-image workdir")
-  parser.add_argument("--clip", default="runs/clip", help="the noised CLIP's workdir")
+  parser.add_argument("--clip", default="runs/clip",
+                      help="the noised CLIP's workdir ('': no CLIP rows or sweep)")
   parser.add_argument("--evaluator", default="",
                       help="default: scenes16 for a scenes model, else shapes16")
   parser.add_argument("--out", default="benchmarks/results/text_guidance_cpu.json")
@@ -193,6 +195,22 @@ def clip_rows(clip, images, captions, examples) -> list[dict]:
   return rows
 
 
+def one_object_seen(evaluator, images) -> dict[str, np.ndarray]:
+  """{"position", "color", "shape"}: int [N] of each sample's object; a
+  scene evaluator's reading of a sample that does not hold exactly one
+  object is -1 (no prompt's)."""
+  if not reads_scenes(evaluator):
+    return evaluation.predict(evaluator, images)
+  cells = metrics.predicted_cells(evaluator, images)
+  occupied = cells["cell_shape"] >= 0  # [N, 9]
+  one = occupied.sum(1) == 1
+  where = occupied.argmax(1)
+  at = np.arange(len(images)), where
+  return {"position": np.where(one, where, -1),
+          "color": np.where(one, cells["cell_color"][at], -1),
+          "shape": np.where(one, cells["cell_shape"][at], -1)}
+
+
 def schedule_rows(bundle, evaluator, args) -> list[dict]:
   """Whose position, color and shape the samples take, against switch_at:
   the prompts' (as named), and the same noise's under either prompt alone
@@ -205,7 +223,7 @@ def schedule_rows(bundle, evaluator, args) -> list[dict]:
                            prompts_after=[SCHEDULE[1]] * args.schedule_num,
                            switch_at=switch_at, seed=0, method=args.method,
                            steps=args.steps)
-    seen[switch_at] = evaluation.predict(evaluator, images)
+    seen[switch_at] = one_object_seen(evaluator, images)
     row = {"switch_at": switch_at, "num": args.schedule_num, "grid": images[:8]}
     for attribute in ("position", "color", "shape"):
       row[f"{attribute}_first"] = round(float(np.mean(
@@ -297,28 +315,30 @@ def main(argv=None) -> None:
   if args.replot or args.schedule_only:
     results = json.loads(out.read_text())
     if args.schedule_only:
-      results["schedule"] = run_schedule(loading.load(args.text2im, kind="diffusion"),
-                                         evaluation.load_evaluator(args.evaluator), args, folder)
+      model = loading.load(args.text2im, kind="diffusion")
+      results["schedule"] = run_schedule(model, evaluation.load_evaluator(
+          args.evaluator or ("scenes16" if "scenes" in model.config.data.name else "shapes16")),
+          args, folder)
       out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, folder)
     print(markdown(results))  # noqa: T201
     return
   start = time.perf_counter()
   bundle = loading.load(args.text2im, kind="diffusion")
-  clip = loading.load(args.clip, kind="clip")
+  clip = loading.load(args.clip, kind="clip") if args.clip else None
   scene_model = "scenes" in bundle.config.data.name
   evaluator_name = args.evaluator or ("scenes16" if scene_model else "shapes16")
   evaluator = evaluation.load_evaluator(evaluator_name)
   images, captions, examples = test_split(bundle.config, args.data_dir)
   prompts = first_distinct(captions, args.prompts)
   results = {"environment": environment(), "model": str(bundle), "clip": str(clip),
-             "clip_retrieval": clip_rows(clip, images, captions, examples),
+             "clip_retrieval": clip_rows(clip, images, captions, examples) if clip else [],
              "evaluator": evaluator_name, "method": args.method, "steps": args.steps,
              "per_prompt": args.per_prompt, "seed": 0, "prompts": prompts,
              "real_data": real_data_row(evaluator, images, captions), "sweeps": {}}
   values_of = lambda text: [float(v) for v in text.split(",") if v.strip()]  # noqa: E731
   sweeps = (("cfg", "guidance_scale", values_of(args.cfg_scales)),
-            ("clip", "clip_scale", values_of(args.clip_scales)))
+            ("clip", "clip_scale", values_of(args.clip_scales) if clip else []))
   for name, knob, values in sweeps:
     if not values:
       continue
@@ -326,7 +346,7 @@ def main(argv=None) -> None:
     titles = [f"{'cfg' if name == 'cfg' else 'clip'} = {v:g}" for v in values]
     results["sweeps"][name] = {"knob": knob, "rows": rows, "grid": write_grid(
         folder / f"{name}_sweep.png", grids, titles), "grid_prompts": prompts[:GRID_PROMPTS]}
-  if args.schedule_num and not scene_model:  # its prompts and judge are one-object
+  if args.schedule_num:
     results["schedule"] = run_schedule(bundle, evaluator, args, folder)
   results["plot"] = plot(results, folder)
   results["seconds"] = round(time.perf_counter() - start, 1)

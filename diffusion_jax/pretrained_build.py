@@ -26,12 +26,12 @@ from diffusion_jax.inference import loading
 
 # name: (workdir under --runs, the config that trained it)
 SOURCES = {
-    "shapes-text2im": ("text2im_6000", "configs/shapes_text2im.py (3,000 steps, then as "
-                       "many again)"),
-    "shapes-upsampler": ("upsample", "configs/shapes_upsample.py"),
-    "shapes-inpaint": ("inpaint", "configs/shapes_inpaint.py, started from shapes-text2im "
-                       "at 3,000 steps"),
-    "shapes-clip": ("clip", "configs/shapes_clip.py"),
+    "shapes-text2im": ("text2im_scenes", "configs/shapes_text2im.py (scenes of 0 to 3 "
+                       "objects, v-prediction)"),
+    "shapes-upsampler": ("upsample_scenes", "configs/shapes_upsample.py (scenes)"),
+    "shapes-inpaint": ("inpaint_scenes", "configs/shapes_inpaint.py (scenes), started from "
+                       "shapes-text2im"),
+    "shapes-clip": ("clip_scenes", "configs/shapes_clip.py (scenes)"),
     "shapes-classifier": ("guidance/shapes_classifier", "configs/shapes_classifier.py"),
     "shapes-classes": ("recipe/v_long_seed0", "configs/shapes_class_cond.py (the main "
                        "job's recipe, v-prediction) at batch 64 (17 minutes): "
