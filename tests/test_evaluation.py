@@ -68,6 +68,7 @@ def test_the_scene_evaluator_reads_every_cell_of_fresh_scenes():
     assert within_noise(got, stated[f"cell_{i}"], len(fresh)), (i, got, stated)
   judged = metrics.judge_scene_captions(evaluator, images, [s["caption"] for s in fresh])
   assert judged["caption_accuracy"] >= 0.97 and judged["count_accuracy"] >= 0.99, judged
+  assert judged["object_accuracy"] >= 0.98, judged
   kinds = {"empty", "relation", "counts", "places", "plain"}
   assert {f"accuracy_{k}" for k in kinds} | {f"accuracy_{n}_objects" for n in range(4)} <= set(
       judged)

@@ -133,6 +133,18 @@ def test_a_described_scene_holds_its_caption_in_every_phrasing():
   assert scenes.describe(_cells(), rng, "places") in scenes.EMPTY_CAPTIONS
 
 
+def test_objects_found_counts_the_named_objects_a_scene_gets_right():
+  """A small red circle at the top, a large blue square at the bottom."""
+  cells = _cells((1, "circle", "red", "small"), (7, "square", "blue", "large"))
+  found = lambda text: scenes.objects_found(scenes.parse_caption(text), cells)  # noqa: E731
+  assert found("a red circle at the top and a blue square at the bottom") == 2
+  assert found("a red circle above a blue square") == 2  # the relation aside
+  assert found("a red circle at the bottom and a blue square at the bottom") == 1
+  assert found("a green circle and a blue triangle") == 0
+  assert found("two red circles") == 1 and found("a red circle") == 1  # an extra aside
+  assert found("an empty scene") == 0
+
+
 def test_counts_and_the_empty_scene():
   pair = _cells((0, "triangle", "green", "small"), (8, "triangle", "green", "large"))
   assert scenes.caption_holds(scenes.parse_caption("two green triangles"), pair)

@@ -226,6 +226,21 @@ def _fits(named: dict, cells: dict, cell: int) -> bool:
       cells[keys[k]][cell] == named[k] for k in keys if k in named)
 
 
+def objects_found(parsed: dict, cells: dict) -> int:
+  """How many of the objects a parsed caption names (counted: "two" is two)
+  a scene shows, each in a cell of its own with its attributes and place
+  (relations and extra objects aside): the most that one assignment of
+  named objects to occupied cells gets right."""
+  occupied = [c for c in range(NUM_CELLS) if cells["cell_shape"][c] >= 0]
+  slots = [o for o in parsed["objects"] for _ in range(o["count"])]
+  best = 0
+  for chosen in itertools.permutations(occupied, min(len(occupied), len(slots))):
+    for named in itertools.permutations(slots, len(chosen)):
+      best = max(best, sum(_fits(o, cells, c) and o.get("position", c) == c
+                           for o, c in zip(named, chosen)))
+  return best
+
+
 def caption_holds(parsed: dict, cells: dict) -> bool:
   """Whether a scene with these cells ([9] arrays, -1 empty) shows what the
   parsed caption says: every named object with its attributes and place,

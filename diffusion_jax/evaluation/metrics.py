@@ -240,7 +240,9 @@ def judge_scene_captions(evaluator, images: np.ndarray, captions: Sequence[str],
     {"caption_accuracy": how often the scene evaluator sees exactly what
      the caption says (`scenes.caption_holds`: every object named, with its
      attributes, place and relation, and none other), "count_accuracy": how
-     often it sees as many objects as the caption names,
+     often it sees as many objects as the caption names, "object_accuracy":
+     the share of the named objects it sees, each with its attributes and
+     place (`scenes.objects_found`: relations and extra objects aside),
      "accuracy_<phrasing>": caption accuracy over the captions of each kind
      (`scenes.phrasing_of`), "accuracy_<n>_objects": over those naming n
      objects; with `prompt_ids` [N], "feature_distance", the mean
@@ -250,7 +252,7 @@ def judge_scene_captions(evaluator, images: np.ndarray, captions: Sequence[str],
   predicted = evaluator_lib.argmax_heads(outputs)
   codes = np.stack([predicted[f"cell_{i}"] for i in range(scenes.NUM_CELLS)], -1)  # [N, 9]
   cells = scenes.cells_from_codes(codes)
-  holds, counts, kinds, sizes = [], [], [], []
+  holds, counts, kinds, sizes, found = [], [], [], [], []
   for i, text in enumerate(captions):
     parsed = scenes.parse_caption(text)
     seen = {k: v[i] for k, v in cells.items()}
@@ -259,8 +261,10 @@ def judge_scene_captions(evaluator, images: np.ndarray, captions: Sequence[str],
     counts.append(named == (seen["cell_shape"] >= 0).sum())
     kinds.append(scenes.phrasing_of(parsed))
     sizes.append(named)
+    found.append(scenes.objects_found(parsed, seen))
   holds, kinds, sizes = np.asarray(holds), np.asarray(kinds), np.asarray(sizes)
-  result = {"caption_accuracy": float(holds.mean()), "count_accuracy": float(np.mean(counts))}
+  result = {"caption_accuracy": float(holds.mean()), "count_accuracy": float(np.mean(counts)),
+            "object_accuracy": float(np.sum(found) / max(sizes.sum(), 1))}
   for kind in sorted(set(kinds)):
     result[f"accuracy_{kind}"] = float(holds[kinds == kind].mean())
   for size in sorted(set(sizes)):
