@@ -55,11 +55,11 @@ CLIP_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0)
 SWITCHES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 SCHEDULE = ("a large red circle in the top left", "a large blue square in the bottom right")
 # The table's columns, where measured (one-object or scene judge).
-COLUMNS = ("caption_accuracy", "object_accuracy", "count_accuracy", "accuracy_shape", "accuracy_color",
-           "accuracy_size", "accuracy_position", "accuracy_places", "accuracy_relation",
-           "accuracy_counts", "accuracy_plain", "accuracy_empty", "accuracy_1_objects",
-           "accuracy_2_objects", "accuracy_3_objects", "feature_distance", "spread_size",
-           "spread_position", "seconds")
+COLUMNS = ("caption_accuracy", "object_accuracy", "count_accuracy", "accuracy_shape",
+           "accuracy_color", "accuracy_size", "accuracy_position", "accuracy_places",
+           "accuracy_relation", "accuracy_counts", "accuracy_plain", "accuracy_empty",
+           "accuracy_1_objects", "accuracy_2_objects", "accuracy_3_objects", "feature_distance",
+           "spread_size", "spread_position", "seconds")
 GRID_PROMPTS = 4  # prompts shown per grid row, 2 samples each
 
 
