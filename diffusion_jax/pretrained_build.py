@@ -28,8 +28,7 @@ from diffusion_jax.inference import loading
 SOURCES = {
     "shapes-text2im": ("text2im_scenes", "configs/shapes_text2im.py (scenes of 0 to 3 "
                        "objects, v-prediction)"),
-    # Still the one-object upsampler: its scene retraining is under way.
-    "shapes-upsampler": ("upsample", "configs/shapes_upsample.py:one_object"),
+    "shapes-upsampler": ("upsample_scenes", "configs/shapes_upsample.py (scenes)"),
     "shapes-inpaint": ("inpaint_scenes", "configs/shapes_inpaint.py (scenes), started from "
                        "shapes-text2im"),
     "shapes-clip": ("clip_scenes", "configs/shapes_clip.py (scenes)"),
