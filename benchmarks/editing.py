@@ -206,10 +206,12 @@ def remove_part(args, evaluator, bundles, results, figures):
   shown = {"original": as_float(images)}
   for name, model, prompt in (
       ("inpainting model, the kept objects' caption, CFG 5", "inpaint", prompts),
-      ("inpainting model, empty prompt, CFG 5", "inpaint", None),
+      (f"editing.remove: inpainting model, \"{editing.REMOVAL_PROMPT}\", CFG 5", "inpaint",
+       editing.REMOVAL_PROMPT),
+      ("inpainting model, empty prompt, CFG 5", "inpaint", ""),
       ("text-to-image, x_t replacement, the kept objects' caption", "text2im", prompts)):
-    if prompt is None:
-      out = editing.remove(bundles[model], images, mask, seed=0, method="ddpm",
+    if isinstance(prompt, str):
+      out = editing.remove(bundles[model], images, mask, seed=0, prompt=prompt, method="ddpm",
                            steps=args.steps)
     else:
       out = bundles[model].inpaint(images, mask, prompts=prompt, seed=0, method="ddpm",
@@ -368,6 +370,7 @@ def write_figures(args, bundles, figures):
     shown = figures["remove"]
     save_grid([v[:cols] for v in shown.values()], out / "remove.png",
               ["original", "inpainting model, kept objects' caption",
+               f"editing.remove (\"{editing.REMOVAL_PROMPT}\")",
                "inpainting model, empty prompt", "text-to-image, x_t replaced"])
   if "edit" in figures:
     shown, _ = figures["edit"]

@@ -97,10 +97,19 @@ def inpaint(bundle, image, mask, num: Optional[int] = None, seed: int = 0,
   return bundle._draw(batch, seed, _model_inputs(bundle, images, mask, kwargs), edit)
 
 
-def remove(bundle, image, mask, seed: int = 0, prompt: str = "", **kwargs) -> np.ndarray:
-  """Object removal: inpaints the region with the empty prompt (or
-  `prompt`, e.g. a "background" caption); a model without text fills it
-  from its surroundings alone."""
+REMOVAL_PROMPT = "an empty scene"
+
+
+def remove(bundle, image, mask, seed: int = 0, prompt: str = REMOVAL_PROMPT,
+           **kwargs) -> np.ndarray:
+  """Object removal: inpaints the region under `prompt`; a model without
+  text fills it from its surroundings alone.
+
+  The default asks for background. The empty prompt is the unconditional
+  model, which fills a hole with what scenes usually hold there: on the
+  shipped inpainting model the erased cell stays empty in 0.48 of test
+  scenes with "" and in all of them with "an empty scene"
+  (docs/editing.md)."""
   if any(c.arg == "prompts" for c in bundle.spec.conditioning):
     kwargs = dict(kwargs, prompts=[prompt] * np.asarray(validation.check_images(image)).shape[0])
   return inpaint(bundle, image, mask, seed=seed, **kwargs)
