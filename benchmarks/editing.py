@@ -70,6 +70,7 @@ def parse_args(argv=None):
                       help="what to measure (and draw, with 'figures'); results of "
                            "earlier runs in --out are kept for the other parts")
   parser.add_argument("--steps", default="100", help="steps of the 16x16 models (DDPM)")
+  parser.add_argument("--scene_num", type=int, default=100, help="scenes built in three stages")
   parser.add_argument("--data_dir", default=None)
   return parser.parse_args(argv)
 
@@ -394,25 +395,22 @@ SCENE = [("a red circle on the left", None),
          ("a red circle on the left and a blue square in the top right", masks.cell(16, 2)),
          ("a red circle on the left, a blue square in the top right and a green triangle "
           "at the bottom", masks.cell(16, 7))]
-SCENE_SEEDS = 8
 
 
 def scene_part(args, evaluator, bundles, results, figures):
-  """Three-stage scenes from `SCENE_SEEDS` seeds, by the inpainting model and
-  by the text-to-image model with RePaint: how often each stage's scene is
-  its caption's (`metrics.captions_hold`)."""
+  """`--scene_num` three-stage scenes (one batch a stage), by the
+  inpainting model and by the text-to-image model with RePaint: how often
+  each stage's scene is its caption's (`metrics.captions_hold`)."""
   rows, shown = [], {}
   prompts = [p for p, _ in SCENE]
   for name, model, extra in (("inpainting model", "inpaint", {}),
                              ("text-to-image, RePaint (10, 10)", "text2im", {"resample": 10})):
-    stages = []
-    for seed in range(SCENE_SEEDS):
-      stages.append(np.stack(editing.build_scene(bundles[model], SCENE, seed=seed,
-                                                 method="ddpm", steps=args.steps, **extra)))
-    stages = np.stack(stages)  # [seeds, stages, S, S, C]
+    built = editing.build_scene(bundles[model], SCENE, seed=0, num=args.scene_num,
+                                method="ddpm", steps=args.steps, **extra)
+    stages = np.stack(built, 1)  # [scenes, stages, S, S, C]
     holds = np.stack([metrics.captions_hold(evaluator, stages[:, k], [prompts[k]] * len(stages))
-                      for k in range(len(SCENE))], 1)  # [seeds, stages]
-    rows.append({"setting": name, "seeds": SCENE_SEEDS,
+                      for k in range(len(SCENE))], 1)  # [scenes, stages]
+    rows.append({"setting": name, "scenes": args.scene_num,
                  **{f"stage_{k + 1}_right": rate(holds[:, k]) for k in range(len(SCENE))}})
     print(json.dumps({"part": "scene", **rows[-1]}), flush=True)  # noqa: T201
     shown[name] = (list(stages), holds)
@@ -421,14 +419,14 @@ def scene_part(args, evaluator, bundles, results, figures):
 
 
 def story_figures(args, bundles, figures, out):
-  """The scenes (two seeds of each model, those right at the last stage
+  """The scenes (two scenes of each model, those right at the last stage
   first), and an outpainted panorama."""
   if "scene" in figures:
     rows, titles = [], []
     for name, (stages, holds) in figures["scene"].items():
       order = sorted(range(len(stages)), key=lambda i: -int(holds[i, -1]))[:2]
       rows += [stages[i] for i in order]
-      titles += [f"{name}, seed {i}" for i in order]
+      titles += [f"{name}, scene {i}" for i in order]
     save_grid(rows, out / "scene.png", titles)
   bundle = bundles["inpaint"]
   start = bundle.sample(num=1, seed=5, prompts=["a red circle on the left"], method="ddpm",

@@ -156,6 +156,26 @@ def test_outpaint_grows_the_canvas_and_keeps_the_original(inpaint_bundle):
   assert wide.shape == (16, 30, 3)
 
 
+def test_build_scene_builds_a_batch_stage_by_stage_keeping_what_each_mask_keeps(
+    inpaint_bundle):
+  """Each stage changes only its mask's hole (a stage that redrew the whole
+  picture, or inpainted the first scene again instead of the last, fails);
+  `num` builds that many scenes at once, each from its own noise."""
+  stages = [("a red circle", None), ("and a blue square", masks_lib.cell(16, 2)),
+            ("and a green triangle", masks_lib.cell(16, 7))]
+  built = editing.build_scene(inpaint_bundle, stages, seed=3, num=2)
+  assert [s.shape for s in built] == [(2, 16, 16, 3)] * 3
+  assert not np.allclose(built[0][0], built[0][1])
+  for before, after, (_, mask) in zip(built, built[1:], stages[1:]):
+    keep = mask[..., 0] == 1
+    np.testing.assert_allclose(after[:, keep], before[:, keep], atol=1 / 127.5)
+    assert not np.allclose(after[:, ~keep], before[:, ~keep], atol=0.05)
+  one = editing.build_scene(inpaint_bundle, stages[:2], seed=3)
+  assert [s.shape for s in one] == [(16, 16, 3)] * 2
+  with pytest.raises(ValueError, match="num must be at least 1"):
+    editing.build_scene(inpaint_bundle, stages, num=0)
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda b: b.inpaint(scene(), np.ones((8, 8))), r"mask must have shape \[B, H, W, 1\]"),
     (lambda b: b.inpaint(scene(), np.full((16, 16), 0.5)), "mask values must be 0"),

@@ -143,7 +143,7 @@ def edit(bundle, image, strength: float, mask=None, num: Optional[int] = None,
 
 
 def build_scene(bundle, stages: Sequence[tuple], image=None, seed: int = 0,
-                **kwargs) -> list[np.ndarray]:
+                num: Optional[int] = None, **kwargs) -> list[np.ndarray]:
   """A scene built one object at a time: each step inpaints its mask's
   region with its prompt ("a red circle on the left", then "a blue square
   on the right").
@@ -152,20 +152,27 @@ def build_scene(bundle, stages: Sequence[tuple], image=None, seed: int = 0,
     stages: (prompt, mask) pairs, in order; the first may be (prompt, None)
       to draw the first scene from nothing.
     image: the scene to start from, or None (the first step draws one).
+    num: build this many scenes at once, each from its own noise (one
+      compiled program per stage for the batch); None builds one.
 
   Returns:
-    The scene after each stage, float32 [S, S, C] each.
+    The scene after each stage: float32 [S, S, C] each, or [num, S, S, C]
+    with `num`.
   """
+  count = 1 if num is None else int(num)
+  if count < 1:
+    raise ValueError(f"num must be at least 1, got {num}")
   scenes = []
   for index, (prompt, mask) in enumerate(stages):
     if image is None or mask is None:
       if index:
         raise ValueError(f"stage {index} of the scene has no mask: only the first may draw "
                          "from nothing")
-      image = bundle.sample(num=1, seed=seed, prompts=[prompt], **kwargs)[0]
+      image = bundle.sample(num=count, seed=seed, prompts=[prompt] * count, **kwargs)
     else:
-      image = inpaint(bundle, image, mask, seed=seed + index, prompts=[prompt], **kwargs)[0]
-    scenes.append(image)
+      image = inpaint(bundle, image, mask, seed=seed + index, num=count,
+                      prompts=[prompt] * count, **kwargs)
+    scenes.append(image if num is not None else image[0])
   return scenes
 
 
