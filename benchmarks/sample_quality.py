@@ -267,7 +267,10 @@ def guidance_section(path: pathlib.Path) -> list[str]:
           "against the test split, beside the data floor at the same number of images. "
           "Made by `python benchmarks/guidance_sweep.py --append --sweeps=...` "
           f"({env['device']}, jax {env['jax']}, commit {env['commit']}); the sweeps that "
-          "predate the distance columns are left out here (see docs/guidance.md).",
+          "predate the distance columns are left out here (see docs/guidance.md). "
+          "The sweeps' models are the ones `benchmarks/guidance_models.sh` trains "
+          "(these ran when the configs held the 2021 recipe: eps-prediction), not "
+          "the model above: the shipped model guided is on its card (docs/models.md).",
           "", "![trade-off](guidance/tradeoff.png)",
           guidance_sweep.markdown({**results, "sweeps": sweeps, "filter": None})]
 
