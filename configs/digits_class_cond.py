@@ -24,6 +24,9 @@ def get_config(arg: str = ""):
   c.train.checkpoint_every = 500
   c.train.ema_rates = (0.995,)
   c.sample.ema_rate = 0.995
+  # v-prediction (docs/recipe.md): the shipped 1,000-step model reaches class
+  # accuracy 0.981 where the eps model had 0.911, at the same FD (28.7 / 28.5).
+  c.diffusion.parameterization = "v"
   chosen = config_lib.variants(arg, ("quick", "uncond"))
   if "quick" in chosen:
     config_lib.quick(c)

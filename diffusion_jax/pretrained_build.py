@@ -36,7 +36,7 @@ SOURCES = {
     "shapes-classes": ("recipe/v_long_seed0", "configs/shapes_class_cond.py (the main "
                        "job's recipe, v-prediction) at batch 64 (17 minutes): "
                        "benchmarks/recipe.py's v_long run, seed 0"),
-    "digits-classes": ("guidance/digits", "configs/digits_class_cond.py"),
+    "digits-classes": ("digits_v", "configs/digits_class_cond.py (v-prediction)"),
 }
 # A shipped model's default sampler where measurement chose another than
 # its training config's (`sample.*`, docs/samplers.md): written into the
