@@ -79,6 +79,9 @@ RECIPES = {
                         "train.num_steps": 2600, "optim.lr": 4e-3},
     "v_batch32_lr2e3_b2": {"diffusion.parameterization": "v", "data.batch_size": 32,
                            "train.num_steps": 2600, "optim.lr": 2e-3, "optim.b2": 0.99},
+    # The two that helped, together.
+    "v_batch32_lr4e3_b2": {"diffusion.parameterization": "v", "data.batch_size": 32,
+                           "train.num_steps": 2600, "optim.lr": 4e-3, "optim.b2": 0.99},
     "v_batch32_lr2e3_min_snr": {"diffusion.parameterization": "v", "data.batch_size": 32,
                                 "train.num_steps": 2600, "optim.lr": 2e-3,
                                 "diffusion.loss_weighting": "min_snr"},
