@@ -71,6 +71,8 @@ def parse_args(argv=None):
                            "earlier runs in --out are kept for the other parts")
   parser.add_argument("--steps", default="100", help="steps of the 16x16 models (DDPM)")
   parser.add_argument("--scene_num", type=int, default=100, help="scenes built in three stages")
+  parser.add_argument("--scene_settings", default="",
+                      help="names of SCENE_SETTINGS to build, separated by | (default: all)")
   parser.add_argument("--data_dir", default=None)
   return parser.parse_args(argv)
 
@@ -389,32 +391,51 @@ def write_figures(args, bundles, figures):
     story_figures(args, bundles, figures, out)
 
 
-# Three stages, each the caption of the scene so far (the inpainting model
-# learned captions that name every object), its new object's cell erased.
-SCENE = [("a red circle on the left", None),
-         ("a red circle on the left and a blue square in the top right", masks.cell(16, 2)),
+# Three stages: the caption of the scene so far (what the inpainting model
+# learned: captions that name every object, and what each stage is judged
+# by), the words of the new object alone, and its cell, erased.
+SCENE = [("a red circle on the left", "a red circle on the left", None),
+         ("a red circle on the left and a blue square in the top right",
+          "a blue square in the top right", masks.cell(16, 2)),
          ("a red circle on the left, a blue square in the top right and a green triangle "
-          "at the bottom", masks.cell(16, 7))]
+          "at the bottom", "a green triangle at the bottom", masks.cell(16, 7))]
+# name: (model, which prompt each stage gets, extra settings)
+SCENE_SETTINGS = {
+    "inpainting model": ("inpaint", "whole", {}),
+    "inpainting model, each stage names its new object only": ("inpaint", "new", {}),
+    "text-to-image, RePaint (10, 10)": ("text2im", "whole", {"resample": 10}),
+}
 
 
 def scene_part(args, evaluator, bundles, results, figures):
-  """`--scene_num` three-stage scenes (one batch a stage), by the
-  inpainting model and by the text-to-image model with RePaint: how often
-  each stage's scene is its caption's (`metrics.captions_hold`)."""
+  """`--scene_num` three-stage scenes (one batch a stage) in each of
+  `--scene_settings`: how often each stage's scene is its whole caption's
+  (`metrics.captions_hold`). Rows of settings not run are kept."""
+  names = args.scene_settings.split("|") if args.scene_settings else list(SCENE_SETTINGS)
+  unknown = [n for n in names if n not in SCENE_SETTINGS]
+  if unknown:
+    raise SystemExit(f"error: unknown scene setting {unknown[0]!r}; choose from "
+                     f"{', '.join(SCENE_SETTINGS)}")
+  captions = [whole for whole, _, _ in SCENE]
+  kept = [r for r in results.get("scene", {}).get("rows", []) if r["setting"] not in names]
   rows, shown = [], {}
-  prompts = [p for p, _ in SCENE]
-  for name, model, extra in (("inpainting model", "inpaint", {}),
-                             ("text-to-image, RePaint (10, 10)", "text2im", {"resample": 10})):
-    built = editing.build_scene(bundles[model], SCENE, seed=0, num=args.scene_num,
+  for name in names:
+    model, which, extra = SCENE_SETTINGS[name]
+    stages = [(whole if which == "whole" else new, mask) for whole, new, mask in SCENE]
+    built = editing.build_scene(bundles[model], stages, seed=0, num=args.scene_num,
                                 method="ddpm", steps=args.steps, **extra)
-    stages = np.stack(built, 1)  # [scenes, stages, S, S, C]
-    holds = np.stack([metrics.captions_hold(evaluator, stages[:, k], [prompts[k]] * len(stages))
+    scenes_built = np.stack(built, 1)  # [scenes, stages, S, S, C]
+    holds = np.stack([metrics.captions_hold(evaluator, scenes_built[:, k],
+                                            [captions[k]] * len(scenes_built))
                       for k in range(len(SCENE))], 1)  # [scenes, stages]
     rows.append({"setting": name, "scenes": args.scene_num,
                  **{f"stage_{k + 1}_right": rate(holds[:, k]) for k in range(len(SCENE))}})
     print(json.dumps({"part": "scene", **rows[-1]}), flush=True)  # noqa: T201
-    shown[name] = (list(stages), holds)
-  results["scene"] = {"stages": prompts, "rows": rows}
+    shown[name] = (list(scenes_built), holds)
+  order = list(SCENE_SETTINGS)
+  results["scene"] = {"stages": captions,
+                      "rows": sorted(kept + rows, key=lambda r: order.index(r["setting"])
+                                     if r["setting"] in order else len(order))}
   figures["scene"] = shown
 
 
