@@ -27,6 +27,7 @@ import argparse
 import itertools
 import pathlib
 import sys
+import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
@@ -96,8 +97,8 @@ def oracle_cells(args) -> np.ndarray:
   found = []
   for prompt in PROMPTS:
     color, shape = noun(prompt)
-    pool = images[labels == shapes.label_of(shapes.SHAPES.index(shape),
-                                            shapes.COLORS.index(color))]  # [n, S, S, C]
+    of_class = labels == shapes.label_of(shapes.SHAPES.index(shape), shapes.COLORS.index(color))
+    pool = images[of_class]  # [n, S, S, C]
     model_fn = oracles.finite_set_model_fn(pool, base)
     landed = []
     for start in range(0, args.noise, 25):  # [25, n, D] distances at a time
@@ -106,9 +107,7 @@ def oracle_cells(args) -> np.ndarray:
                             eta=0.0, x_T=chunk)
       distance = ((np.asarray(out)[:, None] - pool[None]) ** 2).sum((2, 3, 4))  # [25, n]
       landed.append(distance.argmin(1))
-    pool_cells = cells[labels == shapes.label_of(shapes.SHAPES.index(shape),
-                                                 shapes.COLORS.index(color))]
-    found.append(pool_cells[np.concatenate(landed)])
+    found.append(cells[of_class][np.concatenate(landed)])
   return np.stack(found)
 
 
@@ -144,6 +143,7 @@ def figure(pairs, path) -> str:
 
 def main(argv=None):
   args = parse_args(argv)
+  start = time.perf_counter()
   model, oracle = model_cells(args), oracle_cells(args)
   pairs = []
   for i, j in itertools.combinations(range(len(PROMPTS)), 2):
@@ -162,7 +162,8 @@ def main(argv=None):
   correlation = np.corrcoef([p["model"] for p in pairs], [p["oracle"] for p in pairs])[0, 1]
   report = {"benchmark": "layout_swap", "environment": environment(), "args": vars(args),
             "groups": groups, "model_oracle_correlation": round(float(correlation), 3),
-            "one_object_drawn": round(float(np.mean(model >= 0)), 3), "pairs": pairs}
+            "one_object_drawn": round(float(np.mean(model >= 0)), 3),
+            "seconds": round(time.perf_counter() - start, 1), "pairs": pairs}
   if args.figure:
     report["figure"] = figure(pairs, args.figure)
   emit(report, args.out)

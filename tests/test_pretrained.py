@@ -85,9 +85,10 @@ def test_the_shipped_text_model_draws_its_scenes_and_no_noise_with_ddim_eta_0():
 
 def test_the_shipped_inpainting_model_removes_an_object_and_keeps_the_rest():
   """`editing.remove` with its default prompt on 8 test scenes: the erased
-  cell ends empty and every other cell as it was, in all 8 (so in 0.48 of
-  48 scenes with the empty prompt, the default before, which this fails:
-  the unconditional model fills the hole with whatever scenes hold there)."""
+  cell ends empty and every other cell as it was, in all 8. With the empty
+  prompt, the default before, 3 of these 8 come out wrong and this fails
+  (0.48 of 120 scenes in docs/editing.md): the unconditional model fills
+  the hole with whatever scenes hold there."""
   from diffusion_jax import masks
   from diffusion_jax.data import scenes
   from diffusion_jax.evaluation import metrics
