@@ -116,7 +116,7 @@ class Checkpointer:
           state=ocp.args.PyTreeSave(state), config=ocp.args.JsonSave(config_json),
           meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as e:  # noqa: BLE001 (Orbax raises what its threads raised)
-      raise self._save_error(e) from e
+      raise self.io_error(f"could not write a checkpoint in {self.directory}", e) from e
     faults.after_save_started(step)
     return started
 
@@ -126,12 +126,13 @@ class Checkpointer:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
         if folder.is_dir() else []
 
-  def _save_error(self, error: BaseException) -> SaveError:
+  def io_error(self, what: str, error: BaseException) -> SaveError:
+    """`error` (a failed write) as one sentence: `what` failed, why, and
+    which checkpoint is intact."""
     steps = self.complete_steps()
     intact = (f"the checkpoint of step {steps[-1]} is intact" if steps
               else "no earlier checkpoint exists")
-    return SaveError(f"could not write a checkpoint in {self.directory}: {_reason(error)}; "
-                     f"{intact} (free space and rerun to resume)")
+    return SaveError(f"{what}: {_reason(error)}; {intact} (free space and rerun to resume)")
 
   def _state_metadata(self, step: int) -> dict:
     """The saved state's tree of array metadata (shape, dtype), by field name."""
@@ -242,7 +243,7 @@ class Checkpointer:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001
-      raise self._save_error(e) from e
+      raise self.io_error(f"could not write a checkpoint in {self.directory}", e) from e
 
   def close(self) -> None:
     """Waits for the last save, then stops Orbax's threads, even if it failed.

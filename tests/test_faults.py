@@ -148,6 +148,44 @@ def can_mount_tmpfs() -> bool:
   return probe.returncode == 0
 
 
+FULL_DISK_LOGS = """
+set -u
+mount -t tmpfs -o size=1m tmpfs "$MNT" || exit 99
+"$PYTHON" - <<'PY'
+import os
+from diffusion_jax.training import metrics
+writer = metrics.MetricWriter(os.environ["MNT"] + "/tensorboard")
+writer.write_scalars(1, {"loss": 0.5})
+with open(os.environ["MNT"] + "/filler", "wb", buffering=0) as filler:
+  try:
+    while True:
+      filler.write(bytes(65536))
+  except OSError:
+    pass  # the disk is now full
+try:
+  for step in range(2, 2000):
+    writer.write_scalars(step, {"loss": 0.5, "grad_norm": 0.1, "lr": 1e-3})
+except OSError as e:
+  print("raised at step", step, e.strerror)
+PY
+"""
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs `unshare --mount` and tmpfs "
+                    "(root or user namespaces) to make a small filesystem")
+def test_a_full_disk_under_the_logs_raises_at_once_rather_than_hanging(tmp_path):
+  """CI once hung here for 10 minutes: tensorboardX's writer thread died on
+  the full disk, its bounded queue filled, and the training loop's next
+  scalar blocked forever. Ours writes in the caller: an OSError at once."""
+  env = dict(os.environ, MNT=str(tmp_path), PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+  result = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c",
+                           FULL_DISK_LOGS], cwd=ROOT, env=env, timeout=60,
+                          capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "No space left on device" in result.stdout, result.stdout
+  assert int(result.stdout.split()[3]) < 100  # the events file's last 4 KB page, at most
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not can_mount_tmpfs(), reason="needs `unshare --mount` and tmpfs "
                     "(root or user namespaces) to make a small filesystem")

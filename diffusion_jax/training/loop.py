@@ -8,6 +8,7 @@ new run may start from a trained model's weights (`train.init_from`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -147,6 +148,16 @@ class _Run:
     self.meta = {"data_info": dataclasses.asdict(self.data.info), "task": self.task.spec.kind}
     self.sampler = Sampler(self.task.spec, self.mesh) if self.settings else None
 
+  @contextlib.contextmanager
+  def logs_written(self, folder=None):
+    """A failed write of logs or grids (a full disk) as the run's one-line
+    `checkpoint.SaveError`, saying which checkpoint is intact."""
+    try:
+      yield
+    except OSError as e:
+      folder = folder or self.writer.logdir
+      raise self.checkpointer.io_error(f"could not write in {folder}", e) from e
+
   def save(self, step):
     self.lock.check()  # never write after another run took the workdir over
     self.checkpointer.save(step, self.state, config_json(self.config), self.meta)
@@ -154,7 +165,8 @@ class _Run:
   def log(self, step, metrics, seconds):
     metrics = jax.device_get(metrics)
     metrics["steps_per_s"] = self.config.train.log_every / max(seconds, 1e-9)
-    self.writer.write_scalars(step, metrics)
+    with self.logs_written():
+      self.writer.write_scalars(step, metrics)
     if metrics.get("skipped"):
       logging.warning("step %d skipped: non-finite loss or gradient (%d so far)",
                       step, int(metrics["nonfinite_total"]))
@@ -180,10 +192,12 @@ class _Run:
       return None
     titles = prompts or sample_mode.row_titles(self.config.data, self.task.spec.num_classes,
                                                labels, self.data.info.image_size)
-    path = outputs.write_grid(images, labels, self.workdir / "samples" / f"step_{step:06d}",
-                              titles, prompts)
     from PIL import Image
-    self.writer.write_image(step, "samples", np.asarray(Image.open(path).convert("RGB")))
+    with self.logs_written(self.workdir / "samples"):
+      path = outputs.write_grid(images, labels, self.workdir / "samples" / f"step_{step:06d}",
+                                titles, prompts)
+    with self.logs_written():
+      self.writer.write_image(step, "samples", np.asarray(Image.open(path).convert("RGB")))
     logging.info("wrote %s", path)
     return path
 
@@ -234,8 +248,9 @@ def train_and_evaluate(config, workdir: str,
   run = _Run(config, workdir, drop_fn)
   train = config.train
   if run.start == 0:
-    run.writer.write_hparams(metrics_lib.flatten_config(config))
-    run.writer.write_scalars(0, {"num_params": state_lib.count_params(run.state.params)})
+    with run.logs_written():
+      run.writer.write_hparams(metrics_lib.flatten_config(config))
+      run.writer.write_scalars(0, {"num_params": state_lib.count_params(run.state.params)})
   progress, watcher = _Progress(run.start, train.num_steps), run_guard.PreemptionWatcher()
   batches, last_log = run.data.batches(run.start), time.perf_counter()
   failed = True
