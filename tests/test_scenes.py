@@ -198,3 +198,28 @@ def test_cell_codes_round_trip_and_name_each_cell_alone():
   triples = {(s, c, z) for s, c, z in zip(every["cell_shape"], every["cell_color"],
                                             every["cell_size"])}
   assert len(triples) == scenes.CELL_CLASSES == 37  # one code per object, and empty
+
+
+def test_the_relation_probe_tells_a_relation_from_its_opposite():
+  """benchmarks/relations.py: each hand-made pair of a red circle (cell 1,
+  top middle) and a blue square is counted as the relation asked holds, its
+  opposite holds, neither does, or an object is missing or doubled."""
+  import sys
+
+  from conftest import ROOT
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import relations
+  asked = {"a": (shapes.SHAPES.index("circle"), shapes.COLORS.index("red")),
+           "b": (shapes.SHAPES.index("square"), shapes.COLORS.index("blue")), "relation": "above"}
+  circle, square = (1, "circle", "red", "small"), "square"
+  assert relations.classify(_cells(circle, (7, square, "blue", "large")), asked) == "holds"
+  assert relations.classify(_cells((7, "circle", "red", "small"), (1, square, "blue", "large")),
+                            asked) == "opposite"
+  assert relations.classify(_cells(circle, (0, square, "blue", "large")), asked) == "neither"
+  assert relations.classify(_cells(circle), asked) == "not both found"
+  two_squares = _cells(circle, (7, square, "blue", "large"), (8, square, "blue", "small"))
+  assert relations.classify(two_squares, asked) == "not both found"
+  for text, stored in relations.relation_prompts(20):
+    parsed = scenes.parse_caption(text)
+    assert [r[1] for r in parsed["relations"]] == [stored["relation"]], text
+    assert [(o["shape"], o["color"]) for o in parsed["objects"]] == [stored["a"], stored["b"]]

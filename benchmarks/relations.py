@@ -1,0 +1,108 @@
+"""Does the text model read a relation's direction? Two-object relation
+prompts ("a red circle above a blue square": two colours, any shapes, one of
+the four relations), sampled as text_guidance.py does (the model's saved
+sampler: DDPM 100, CFG 3, seed 0). The scene evaluator `scenes16` reads
+each sample's cells; where it finds each named object exactly once, the
+pair is counted as:
+
+- holds: the named relation holds between their cells;
+- opposite: the opposite relation holds instead (A below B for "A above B");
+- neither: neither does (the two share the row, or the column).
+
+A model that places the two objects but ignores the relation's word has
+holds = opposite (the data's pairs are symmetric under swapping); a model
+that reads it has opposite near 0.
+
+    python benchmarks/relations.py --models=shapes-text2im \
+        --out=benchmarks/results/relations_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from common import emit, environment  # noqa: E402
+from diffusion_jax.data import scenes, shapes  # noqa: E402
+from diffusion_jax.evaluation import evaluator as evaluator_lib  # noqa: E402
+from diffusion_jax.inference import loading  # noqa: E402
+
+OPPOSITE = {"above": "below", "below": "above", "to the left of": "to the right of",
+            "to the right of": "to the left of"}
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", default="shapes-text2im",
+                      help="comma-separated shipped names, exports or workdirs")
+  parser.add_argument("--prompts", type=int, default=48)
+  parser.add_argument("--per_prompt", type=int, default=4)
+  parser.add_argument("--out", default="")
+  return parser.parse_args(argv)
+
+
+def relation_prompts(num: int, seed: int = 0) -> list[tuple[str, dict]]:
+  """[(text, {"a": (shape, color), "b": (shape, color), "relation"})]: two
+  different colours, so that each object is told apart by its colour."""
+  rng = np.random.default_rng(seed)
+  prompts = []
+  for _ in range(num):
+    shape_a, shape_b = (int(s) for s in rng.integers(len(shapes.SHAPES), size=2))
+    color_a, color_b = (int(c) for c in rng.choice(len(shapes.COLORS), 2, replace=False))
+    relation = scenes.RELATIONS[int(rng.integers(len(scenes.RELATIONS)))]
+    text = (f"a {shapes.COLORS[color_a]} {shapes.SHAPES[shape_a]} {relation} "
+            f"a {shapes.COLORS[color_b]} {shapes.SHAPES[shape_b]}")
+    prompts.append((text, {"a": (shape_a, color_a), "b": (shape_b, color_b),
+                           "relation": relation}))
+  return prompts
+
+
+def classify(cells: dict, asked: dict) -> str:
+  """"holds", "opposite", "neither" or "not both found" for one sample's
+  cells ([9] arrays, -1 empty)."""
+  def where(shape_color):
+    return [c for c in range(scenes.NUM_CELLS)
+            if (cells["cell_shape"][c], cells["cell_color"][c]) == shape_color]
+  cells_a, cells_b = where(asked["a"]), where(asked["b"])
+  if len(cells_a) != 1 or len(cells_b) != 1:
+    return "not both found"
+  found = shapes.relations_of(cells_a[0], cells_b[0])
+  if asked["relation"] in found:
+    return "holds"
+  return "opposite" if OPPOSITE[asked["relation"]] in found else "neither"
+
+
+def measure(model: str, prompts, per_prompt: int, evaluator) -> dict:
+  tick = time.perf_counter()
+  bundle = loading.load(model)
+  texts = [text for text, _ in prompts for _ in range(per_prompt)]
+  images = np.asarray(bundle.sample(prompts=texts, seed=0))
+  predicted = evaluator_lib.argmax_heads(evaluator_lib.outputs(evaluator, images))
+  codes = np.stack([predicted[f"cell_{i}"] for i in range(scenes.NUM_CELLS)], -1)  # [N, 9]
+  cells = scenes.cells_from_codes(codes)
+  asked = [a for _, a in prompts for _ in range(per_prompt)]
+  kinds = [classify({k: v[i] for k, v in cells.items()}, a) for i, a in enumerate(asked)]
+  counts = {k: kinds.count(k) for k in ("holds", "opposite", "neither", "not both found")}
+  both = len(kinds) - counts["not both found"]
+  return {"model": model, "bundle": repr(bundle), "samples": len(kinds), **counts,
+          "holds_given_both": round(counts["holds"] / max(both, 1), 3),
+          "opposite_given_both": round(counts["opposite"] / max(both, 1), 3),
+          "seconds": round(time.perf_counter() - tick, 1)}
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  prompts = relation_prompts(args.prompts)
+  evaluator = evaluator_lib.load_evaluator("scenes16")
+  rows = [measure(m, prompts, args.per_prompt, evaluator) for m in args.models.split(",")]
+  emit({"environment": environment(), "args": vars(args), "prompts": [t for t, _ in prompts],
+        "rows": rows}, args.out)
+
+
+if __name__ == "__main__":
+  main()
