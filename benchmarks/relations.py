@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from common import emit, environment  # noqa: E402
 from diffusion_jax.data import scenes, shapes  # noqa: E402
 from diffusion_jax.evaluation import evaluator as evaluator_lib  # noqa: E402
+from diffusion_jax.evaluation import metrics  # noqa: E402
 from diffusion_jax.inference import loading  # noqa: E402
 
 OPPOSITE = {"above": "below", "below": "above", "to the left of": "to the right of",
@@ -82,9 +83,7 @@ def measure(model: str, prompts, per_prompt: int, evaluator) -> dict:
   bundle = loading.load(model)
   texts = [text for text, _ in prompts for _ in range(per_prompt)]
   images = np.asarray(bundle.sample(prompts=texts, seed=0))
-  predicted = evaluator_lib.argmax_heads(evaluator_lib.outputs(evaluator, images))
-  codes = np.stack([predicted[f"cell_{i}"] for i in range(scenes.NUM_CELLS)], -1)  # [N, 9]
-  cells = scenes.cells_from_codes(codes)
+  cells = metrics.predicted_cells(evaluator, images)  # each [N, 9]
   asked = [a for _, a in prompts for _ in range(per_prompt)]
   kinds = [classify({k: v[i] for k, v in cells.items()}, a) for i, a in enumerate(asked)]
   counts = {k: kinds.count(k) for k in ("holds", "opposite", "neither", "not both found")}

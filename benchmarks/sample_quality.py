@@ -261,7 +261,7 @@ STOCHASTIC = ("DDIM, eta 1", "ancestral, fixed_large", "DPM-Solver++ 2M SDE")
 
 def deterministic_reading(rows) -> list[str]:
   """DDIM at eta 0 against the best stochastic sampler at each step count
-  (the recipe issue's target: within 1.3x at 50 steps), and its residual noise."""
+  (the recipe issue's target: within 1.3x at 50 steps)."""
   parts = []
   for r in (r for r in rows if r["setting"] == "DDIM, eta 0"):
     peers = [q for q in rows if q["setting"] in STOCHASTIC and q["steps"] == r["steps"]]

@@ -116,7 +116,7 @@ class Checkpointer:
           state=ocp.args.PyTreeSave(state), config=ocp.args.JsonSave(config_json),
           meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as e:  # noqa: BLE001 (Orbax raises what its threads raised)
-      raise self.io_error(f"could not write a checkpoint in {self.directory}", e) from e
+      raise self.io_error(e) from e
     faults.after_save_started(step)
     return started
 
@@ -126,9 +126,10 @@ class Checkpointer:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
         if folder.is_dir() else []
 
-  def io_error(self, what: str, error: BaseException) -> SaveError:
-    """`error` (a failed write) as one sentence: `what` failed, why, and
-    which checkpoint is intact."""
+  def io_error(self, error: BaseException, what: Optional[str] = None) -> SaveError:
+    """`error` (a failed write) as one sentence: `what` failed (default: a
+    checkpoint), why, and which checkpoint is intact."""
+    what = what or f"could not write a checkpoint in {self.directory}"
     steps = self.complete_steps()
     intact = (f"the checkpoint of step {steps[-1]} is intact" if steps
               else "no earlier checkpoint exists")
@@ -243,7 +244,7 @@ class Checkpointer:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001
-      raise self.io_error(f"could not write a checkpoint in {self.directory}", e) from e
+      raise self.io_error(e) from e
 
   def close(self) -> None:
     """Waits for the last save, then stops Orbax's threads, even if it failed.

@@ -156,7 +156,7 @@ class _Run:
       yield
     except OSError as e:
       folder = folder or self.writer.logdir
-      raise self.checkpointer.io_error(f"could not write in {folder}", e) from e
+      raise self.checkpointer.io_error(e, f"could not write in {folder}") from e
 
   def save(self, step):
     self.lock.check()  # never write after another run took the workdir over
