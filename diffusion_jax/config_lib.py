@@ -31,6 +31,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.filter.classifier_workdir = ""
   c.data.filter.classifier_drop_labels = ()
   c.data.filter.classifier_threshold = 0.5
+  # Scenes only: "" keeps each example's stored caption; "relation:3,plain:1"
+  # draws a fresh caption each time an example is read, each phrasing weighed
+  # so (those not named weigh 1; `scenes.parse_phrasing_weights`).
+  c.data.phrasings = ""
 
   c.model = ml_collections.ConfigDict()
   c.model.channels = 64

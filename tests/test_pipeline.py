@@ -89,3 +89,57 @@ def test_resizing_and_channel_conversion():
   assert out.min() >= -1 and out.max() <= 1
   rgb = np.full((10, 12, 3), 255, np.uint8)
   np.testing.assert_allclose(pipeline.to_model_image(rgb, 4, 1), 1.0)
+
+
+def _scenes_data(monkeypatch, phrasings, seed=0, batch=32):
+  """ImageData over 64 rendered scenes (not the 22,000 of the TFDS config)."""
+  from diffusion_jax.data import scenes
+  source = [scenes.render(1, i) for i in range(64)]
+  _, info = pipeline.load_source(quick_config().data)  # 16x16 RGB, as the scenes
+  monkeypatch.setattr(pipeline, "load_source", lambda data_config, split="train": (source, info))
+  config = quick_config(**{"data.phrasings": phrasings})
+  fields = lambda e: {"caption": e["caption"], "num_objects": e["num_objects"],  # noqa: E731
+                      **{k: e[k] for k in ("cell_shape", "cell_color", "cell_size")}}
+  return pipeline.ImageData(config.data, seed=seed, global_batch_size=batch, example_fn=fields,
+                            process_index=0, process_count=1)
+
+
+def _text(caption):
+  return caption.decode() if isinstance(caption, bytes) else str(caption)
+
+
+def test_fresh_captions_follow_the_phrasing_weights_and_hold_for_their_scenes(monkeypatch):
+  from diffusion_jax.data import scenes
+  data = _scenes_data(monkeypatch, "relation:1,places:0,counts:0,plain:0")
+  again = _scenes_data(monkeypatch, "relation:1,places:0,counts:0,plain:0")
+  captions = set()
+  for step in range(16):  # 8 epochs of the 64 scenes
+    batch = data.local_batch(step)
+    assert list(batch["caption"]) == list(again.local_batch(step)["caption"])  # resumable
+    for i, text in enumerate(batch["caption"]):
+      parsed = scenes.parse_caption(text)
+      cells = {k: batch[k][i] for k in ("cell_shape", "cell_color", "cell_size")}
+      assert scenes.caption_holds(parsed, cells), text
+      if batch["num_objects"][i] >= 2:  # only relations where one fits
+        assert scenes.phrasing_of(parsed) == "relation", text
+      captions.add(text)
+  assert len(captions) > 64  # a scene is captioned afresh at each read
+  stored = _scenes_data(monkeypatch, "")
+  batch = stored.local_batch(0)
+  phrasings = {scenes.phrasing_of(scenes.parse_caption(_text(t))) for t in batch["caption"]}
+  assert len(phrasings) >= 3  # the stored captions, in every phrasing
+
+
+@pytest.mark.parametrize("phrasings, message", [
+    ("relation:x", "not name:weight"), ("colour:2", "'colour' is not one of"),
+    ("relation:-1", "negative"), ("relation:0,places:0,counts:0,plain:0", "every weight is zero")])
+def test_bad_phrasing_weights_are_one_line_errors(phrasings, message):
+  from diffusion_jax.data import scenes
+  with pytest.raises(ValueError, match=message):
+    scenes.parse_phrasing_weights(phrasings)
+
+
+def test_phrasing_weights_need_scenes_with_their_cells():
+  config = quick_config(**{"data.phrasings": "relation:3"})  # one-object shapes
+  with pytest.raises(ValueError, match="has none"):
+    pipeline.ImageData(config.data, seed=0, global_batch_size=8)

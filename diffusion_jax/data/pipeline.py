@@ -9,6 +9,7 @@ each global batch of B; `parallel.global_batch` assembles the global arrays.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 from typing import Callable, Iterator, Optional
 
 import grain
@@ -16,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from diffusion_jax.data import builders
+from diffusion_jax.data import builders, scenes
 from diffusion_jax.data.info import DatasetInfo, to_model_image  # noqa: F401 (re-exported)
 
 
@@ -118,6 +119,23 @@ def attribute_predicate(filter_config) -> Optional[Callable[[dict], bool]]:
   return predicate
 
 
+def recaption_fn(data_config, source) -> Optional[Callable[[dict, np.random.Generator], dict]]:
+  """(example, rng) -> example with a fresh caption, by `data.phrasings`
+  (None when it is ""); the rng is grain's, seeded by the pipeline's seed and
+  the example's place in the stream, so a resumed run reads the same captions.
+
+  Raises:
+    ValueError: bad weights, or data without stored scene cells.
+  """
+  if not data_config.phrasings:
+    return None
+  weights = scenes.parse_phrasing_weights(data_config.phrasings)
+  if len(source) and "cell_shape" not in source[0]:
+    raise ValueError(f"data.phrasings re-captions scenes from their stored cells; "
+                     f"{data_config.name} has none (use a shapes/scenes_* config)")
+  return functools.partial(scenes.recaptioned, weights=weights)
+
+
 class ImageData:
   """Batches of {"image": float32 [b, S, S, C], **example_fn(example)} for this process.
 
@@ -154,8 +172,11 @@ class ImageData:
       raise ValueError("data filter dropped every example")
     size, channels = self.info.image_size, self.info.channels
     fields = example_fn or default_example_fn
-    self.dataset = (grain.MapDataset.source(_Subset(source, indices)).seed(seed)
-                    .shuffle().repeat().map(lambda e: self._prepare(e, size, channels, fields)))
+    dataset = grain.MapDataset.source(_Subset(source, indices)).seed(seed).shuffle().repeat()
+    recaption = recaption_fn(data_config, source)
+    if recaption is not None:
+      dataset = dataset.random_map(recaption)
+    self.dataset = dataset.map(lambda e: self._prepare(e, size, channels, fields))
 
   @staticmethod
   def _prepare(example, image_size, channels, example_fn) -> dict:

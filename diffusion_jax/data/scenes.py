@@ -104,9 +104,34 @@ def _listing(parts: Sequence[str]) -> str:
   return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+def parse_phrasing_weights(text: str) -> dict[str, float]:
+  """"relation:3,places:1" -> {"relation": 3.0, "places": 1.0, ...}: a weight
+  per phrasing (those not named weigh 1; "" weighs all alike).
+
+  Raises:
+    ValueError: an unknown phrasing, a bad or negative weight, or all zero.
+  """
+  weights = dict.fromkeys(PHRASINGS, 1.0)
+  for part in filter(None, (p.strip() for p in text.split(","))):
+    name, _, value = part.partition(":")
+    if name not in PHRASINGS:
+      raise ValueError(f"phrasing weights {text!r}: {name!r} is not one of {list(PHRASINGS)}")
+    try:
+      weights[name] = float(value)
+    except ValueError:
+      raise ValueError(f"phrasing weights {text!r}: {part!r} is not name:weight") from None
+    if not weights[name] >= 0:
+      raise ValueError(f"phrasing weights {text!r}: the weight of {name} is negative")
+  if not any(weights.values()):
+    raise ValueError(f"phrasing weights {text!r}: every weight is zero")
+  return weights
+
+
 def caption(rng: np.random.Generator, objects: Sequence[shapes._Object],
-            phrasing: str | None = None) -> str:
-  """A caption naming every object (a random phrasing unless given)."""
+            phrasing: str | None = None, weights: dict[str, float] | None = None) -> str:
+  """A caption naming every object: the given phrasing, else one drawn from
+  those that fit the scene, uniformly or by `weights` (phrasing -> weight;
+  a scene that fits only zero-weight phrasings draws among them uniformly)."""
   if not objects:
     return EMPTY_CAPTIONS[int(rng.integers(len(EMPTY_CAPTIONS)))]
   groups = {}
@@ -115,6 +140,10 @@ def caption(rng: np.random.Generator, objects: Sequence[shapes._Object],
   usable = [p for p in PHRASINGS
             if (p != "relation" or len(objects) >= 2)
             and (p != "counts" or len(groups) < len(objects))]
+  if phrasing is None and weights is not None:
+    odds = np.array([weights.get(p, 1.0) for p in usable], np.float64)
+    if odds.sum() > 0:
+      phrasing = usable[int(rng.choice(len(usable), p=odds / odds.sum()))]
   phrasing = phrasing or usable[int(rng.integers(len(usable)))]
   if phrasing not in usable:
     raise ValueError(f"phrasing {phrasing!r} does not fit this scene; choose from {usable}")
@@ -132,13 +161,23 @@ def caption(rng: np.random.Generator, objects: Sequence[shapes._Object],
   return text + "".join(f", and {_noun(o, rng)} {where(o)}" for o in rest)
 
 
-def describe(cells: dict, rng: np.random.Generator, phrasing: str | None = None) -> str:
+def describe(cells: dict, rng: np.random.Generator, phrasing: str | None = None,
+             weights: dict[str, float] | None = None) -> str:
   """A caption (`caption`) of the scene that `cells` ("cell_shape",
-  "cell_color", "cell_size": [9], -1 empty) hold: what an edit asks for."""
+  "cell_color", "cell_size": [9], -1 empty) hold: what an edit asks for,
+  or a training example's caption drawn afresh (`recaptioned`)."""
   objects = [shapes._Object(int(cells["cell_shape"][c]), int(cells["cell_color"][c]),
                             int(cells["cell_size"][c]), c, (0.0, 0.0), (0.0, 0.0, 0.0))
              for c in range(NUM_CELLS) if cells["cell_shape"][c] >= 0]
-  return caption(rng, objects, phrasing if objects else None)
+  return caption(rng, objects, phrasing if objects else None, weights)
+
+
+def recaptioned(example: dict, rng: np.random.Generator,
+                weights: dict[str, float]) -> dict:
+  """`example` with its "caption" drawn afresh from its stored cells, the
+  phrasing by `weights`: each epoch sees another caption of the scene, as
+  often in each phrasing as the weights ask (`data.phrasings`)."""
+  return {**example, "caption": describe(example, rng, weights=weights)}
 
 
 def render(seed: int, index: int, image_size: int = 16, low_res_size: int = 0) -> dict:
