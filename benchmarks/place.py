@@ -150,21 +150,25 @@ def main(argv=None):
   report(results)
 
 
-def probe(models) -> list[str]:
-  """A markdown table: for each change of `PROBED`, the relative distance
-  |a - b| / |a| of the text model's pooled output (xf_proj, added to the
-  timestep embedding) and of its token sequence (xf_out, the attention's
-  keys and values), for each model."""
+def text_shift(bundle, probed: str, changes: dict) -> dict:
+  """{change: (pooled, sequence)}: how far the text model's pooled output
+  (xf_proj, added to the timestep embedding) and its token sequence (xf_out,
+  the attention's keys and values) move, |a - b| / |a|, when `probed` is
+  replaced by each of `changes`' captions."""
   from diffusion_jax.text import tokenizer as tok_lib
-  captions = [PROBED, *PROBE.values()]
+  unet = bundle.spec.model
+  tokens, mask = tok_lib.pad_and_mask([probed, *changes.values()], unet.text.text_ctx)
+  encoded = [np.asarray(a) for a in unet.encode_text(bundle.params, tokens, mask)]
+  return {change: tuple(round(float(np.linalg.norm(a[i] - a[0]) / np.linalg.norm(a[0])), 3)
+                        for a in encoded)
+          for i, change in enumerate(changes, start=1)}
+
+
+def probe(models) -> list[str]:
+  """A markdown table: for each change of `PROBED`, `text_shift` of each model."""
   rows = {change: [change] for change in PROBE}
   for model in models:
-    bundle = loading.load(model)
-    unet = bundle.spec.model
-    tokens, mask = tok_lib.pad_and_mask(captions, unet.text.text_ctx)
-    pooled, sequence = (np.asarray(a) for a in unet.encode_text(bundle.params, tokens, mask))
-    for i, change in enumerate(PROBE, start=1):
-      moved = [np.linalg.norm(a[i] - a[0]) / np.linalg.norm(a[0]) for a in (pooled, sequence)]
+    for change, moved in text_shift(loading.load(model), PROBED, PROBE).items():
       rows[change].append(f"{moved[0]:.3f} / {moved[1]:.3f}")
   return markdown_table(["change of " + repr(PROBED), *(f"{m}: pooled / sequence"
                                                         for m in models)], list(rows.values()))

@@ -13,6 +13,10 @@ A model that places the two objects but ignores the relation's word has
 holds = opposite (the data's pairs are symmetric under swapping); a model
 that reads it has opposite near 0.
 
+Each row also holds the text model's own sensitivity (`place.text_shift`):
+how far its pooled output and token sequence move when the relation's word
+is flipped or dropped, against a swap of the objects and a change of colour.
+
     python benchmarks/relations.py --models=shapes-text2im \
         --out=benchmarks/results/relations_cpu.json
 """
@@ -26,6 +30,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+from place import text_shift  # noqa: E402
 
 from common import emit, environment  # noqa: E402
 from diffusion_jax.data import scenes, shapes  # noqa: E402
@@ -33,6 +38,13 @@ from diffusion_jax.evaluation import evaluator as evaluator_lib  # noqa: E402
 from diffusion_jax.evaluation import metrics  # noqa: E402
 from diffusion_jax.inference import loading  # noqa: E402
 
+# The text model's sensitivity to a relation: a caption and its changes.
+PROBED = "a red square above a blue circle"
+PROBE = {"relation flipped": "a red square below a blue circle",
+         "relation dropped": "a red square and a blue circle",
+         "objects swapped (meaning flipped)": "a blue circle above a red square",
+         "swapped and flipped (same meaning)": "a blue circle below a red square",
+         "color (red -> green)": "a green square above a blue circle"}
 OPPOSITE = {"above": "below", "below": "above", "to the left of": "to the right of",
             "to the right of": "to the left of"}
 
@@ -91,6 +103,8 @@ def measure(model: str, prompts, per_prompt: int, evaluator) -> dict:
   return {"model": model, "bundle": repr(bundle), "samples": len(kinds), **counts,
           "holds_given_both": round(counts["holds"] / max(both, 1), 3),
           "opposite_given_both": round(counts["opposite"] / max(both, 1), 3),
+          "text_shift": {change: {"pooled": moved[0], "sequence": moved[1]}
+                         for change, moved in text_shift(bundle, PROBED, PROBE).items()},
           "seconds": round(time.perf_counter() - tick, 1)}
 
 
