@@ -1,17 +1,23 @@
-"""Does the text model read a relation's direction? Two-object relation
-prompts ("a red circle above a blue square": two colours, any shapes, one of
-the four relations), sampled as text_guidance.py does (the model's saved
-sampler: DDPM 100, CFG 3, seed 0). The scene evaluator `scenes16` reads
-each sample's cells; where it finds each named object exactly once, the
-pair is counted as:
+"""Does the text model read where a prompt puts things? The scenes issue's
+two composition targets, on generated prompts, sampled as text_guidance.py
+does (the model's saved sampler: DDPM 100, CFG 3, seed 0) and read by the
+scene evaluator `scenes16`:
 
-- holds: the named relation holds between their cells;
-- opposite: the opposite relation holds instead (A below B for "A above B");
-- neither: neither does (the two share the row, or the column).
+- **place**: one-object prompts that name a place ("a red circle in the top
+  left"; `--places` of them, every shape, colour and cell): `place right`,
+  the named shape and colour in the named cell, and `caption holds`
+  (`scenes.caption_holds`: that object and nothing else);
+- **relation**: two-object relation prompts ("a red circle above a blue
+  square": two colours, any shapes, one of the four relations): `caption
+  holds` (both objects, the relation, nothing extra), and, where the
+  evaluator finds each named object exactly once, the pair counted as
+  - holds: the named relation holds between their cells;
+  - opposite: the opposite relation holds instead (A below B for "A above B");
+  - neither: neither does (the two share the row, or the column).
 
-A model that places the two objects but ignores the relation's word has
-holds = opposite (the data's pairs are symmetric under swapping); a model
-that reads it has opposite near 0.
+  A model that places the two objects but ignores the relation's word has
+  holds = opposite (the data's pairs are symmetric under swapping); a model
+  that reads it has opposite near 0.
 
 Each row also holds the text model's own sensitivity (`place.text_shift`):
 how far its pooled output and token sequence move when the relation's word
@@ -53,8 +59,10 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="shapes-text2im",
                       help="comma-separated shipped names, exports or workdirs")
-  parser.add_argument("--prompts", type=int, default=48)
+  parser.add_argument("--prompts", type=int, default=48, help="relation prompts")
   parser.add_argument("--per_prompt", type=int, default=4)
+  parser.add_argument("--places", type=int, default=54,
+                      help="one-object place prompts (0: none)")
   parser.add_argument("--out", default="")
   return parser.parse_args(argv)
 
@@ -90,31 +98,69 @@ def classify(cells: dict, asked: dict) -> str:
   return "opposite" if OPPOSITE[asked["relation"]] in found else "neither"
 
 
-def measure(model: str, prompts, per_prompt: int, evaluator) -> dict:
+def place_prompts(num: int, seed: int = 0) -> list[tuple[str, dict]]:
+  """[(text, {"cell", "shape", "color"})]: one object at a named place,
+  cycling through the 9 cells so that each is asked alike."""
+  rng = np.random.default_rng(seed)
+  prompts = []
+  for i in range(num):
+    cell = i % scenes.NUM_CELLS
+    shape, color = int(rng.integers(len(shapes.SHAPES))), int(rng.integers(len(shapes.COLORS)))
+    text = f"a {shapes.COLORS[color]} {shapes.SHAPES[shape]} {shapes._WHERE[cell]}"
+    prompts.append((text, {"cell": cell, "shape": shape, "color": color}))
+  return prompts
+
+
+def _sampled_cells(bundle, prompts, per_prompt: int, evaluator) -> list[dict]:
+  """The evaluator's cells ([9] arrays) of each sample, prompt by prompt."""
+  texts = [text for text, _ in prompts for _ in range(per_prompt)]
+  cells = metrics.predicted_cells(evaluator, np.asarray(bundle.sample(prompts=texts, seed=0)))
+  return [{k: v[i] for k, v in cells.items()} for i in range(len(texts))]
+
+
+def _holds(prompts, per_prompt: int, cells: list[dict]) -> float:
+  texts = [text for text, _ in prompts for _ in range(per_prompt)]
+  return round(float(np.mean([scenes.caption_holds(scenes.parse_caption(t), c)
+                              for t, c in zip(texts, cells)])), 3)
+
+
+def measure_places(bundle, prompts, per_prompt: int, evaluator) -> dict:
+  cells = _sampled_cells(bundle, prompts, per_prompt, evaluator)
+  asked = [a for _, a in prompts for _ in range(per_prompt)]
+  right = [(c["cell_shape"][a["cell"]], c["cell_color"][a["cell"]]) == (a["shape"], a["color"])
+           for c, a in zip(cells, asked)]
+  return {"place_samples": len(cells), "place_right": round(float(np.mean(right)), 3),
+          "place_caption_holds": _holds(prompts, per_prompt, cells)}
+
+
+def measure(model: str, prompts, per_prompt: int, evaluator, placed=()) -> dict:
   tick = time.perf_counter()
   bundle = loading.load(model)
-  texts = [text for text, _ in prompts for _ in range(per_prompt)]
-  images = np.asarray(bundle.sample(prompts=texts, seed=0))
-  cells = metrics.predicted_cells(evaluator, images)  # each [N, 9]
+  cells = _sampled_cells(bundle, prompts, per_prompt, evaluator)
   asked = [a for _, a in prompts for _ in range(per_prompt)]
-  kinds = [classify({k: v[i] for k, v in cells.items()}, a) for i, a in enumerate(asked)]
+  kinds = [classify(c, a) for c, a in zip(cells, asked)]
   counts = {k: kinds.count(k) for k in ("holds", "opposite", "neither", "not both found")}
   both = len(kinds) - counts["not both found"]
-  return {"model": model, "bundle": repr(bundle), "samples": len(kinds), **counts,
-          "holds_given_both": round(counts["holds"] / max(both, 1), 3),
-          "opposite_given_both": round(counts["opposite"] / max(both, 1), 3),
-          "text_shift": {change: {"pooled": moved[0], "sequence": moved[1]}
-                         for change, moved in text_shift(bundle, PROBED, PROBE).items()},
-          "seconds": round(time.perf_counter() - tick, 1)}
+  row = {"model": model, "bundle": repr(bundle), "samples": len(kinds), **counts,
+         "holds_given_both": round(counts["holds"] / max(both, 1), 3),
+         "opposite_given_both": round(counts["opposite"] / max(both, 1), 3),
+         "relation_caption_holds": _holds(prompts, per_prompt, cells),
+         "text_shift": {change: {"pooled": moved[0], "sequence": moved[1]}
+                        for change, moved in text_shift(bundle, PROBED, PROBE).items()}}
+  if placed:
+    row.update(measure_places(bundle, placed, per_prompt, evaluator))
+  return {**row, "seconds": round(time.perf_counter() - tick, 1)}
 
 
 def main(argv=None):
   args = parse_args(argv)
   prompts = relation_prompts(args.prompts)
   evaluator = evaluator_lib.load_evaluator("scenes16")
-  rows = [measure(m, prompts, args.per_prompt, evaluator) for m in args.models.split(",")]
+  placed = place_prompts(args.places)
+  rows = [measure(m, prompts, args.per_prompt, evaluator, placed)
+          for m in args.models.split(",")]
   emit({"environment": environment(), "args": vars(args), "prompts": [t for t, _ in prompts],
-        "rows": rows}, args.out)
+        "place_prompts": [t for t, _ in placed], "rows": rows}, args.out)
 
 
 if __name__ == "__main__":

@@ -223,3 +223,8 @@ def test_the_relation_probe_tells_a_relation_from_its_opposite():
     parsed = scenes.parse_caption(text)
     assert [r[1] for r in parsed["relations"]] == [stored["relation"]], text
     assert [(o["shape"], o["color"]) for o in parsed["objects"]] == [stored["a"], stored["b"]]
+  for text, stored in relations.place_prompts(18):
+    (named,) = scenes.parse_caption(text)["objects"]
+    assert (named["position"], named["shape"], named["color"]) == (
+        stored["cell"], stored["shape"], stored["color"]), text
+  assert sorted(a["cell"] for _, a in relations.place_prompts(18)) == sorted(list(range(9)) * 2)
