@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.xf_heads = 4
   c.model.xf_final_ln = True
   c.model.xf_padding = True
+  c.model.xf_causal = False  # True: each token attends to those before it only (not GLIDE's)
   # GLIDE's inpainting model: a known image and mask as extra inputs (random
   # training masks); low_res_size > 0 makes an upsampler from that size.
   c.model.inpaint = False

@@ -234,6 +234,31 @@ def test_attention_implementations_agree_with_a_text_sequence():
   np.testing.assert_allclose(layers.dot_product_attention(q, k, v, "xla"), expected, atol=1e-5)
 
 
+
+def test_causal_attention_is_the_masked_formula_and_the_text_model_reads_only_earlier_tokens():
+  """`model.xf_causal`: query i weighs keys 0 ... i only (numpy's formula,
+  ours and XLA's); a causal text model's slot i is unchanged by later tokens,
+  GLIDE's bidirectional one is not."""
+  from diffusion_jax.models.text import TextEncoder
+  rng = np.random.RandomState(1)
+  q, k, v = (jnp.asarray(rng.randn(2, 6, 2, 8), jnp.float32) for _ in range(3))
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8)
+  logits = np.where(np.tril(np.ones((6, 6), bool)), logits, -np.inf)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  expected = np.einsum("bhqk,bkhd->bqhd", weights / weights.sum(-1, keepdims=True), v)
+  for implementation in ("", "xla"):
+    np.testing.assert_allclose(layers.dot_product_attention(q, k, v, implementation, causal=True),
+                               expected, atol=1e-5)
+  tokens = jnp.array([[5, 6, 7, 8, 9, 10], [5, 6, 7, 11, 12, 13]])  # first 3 shared
+  mask = jnp.ones(tokens.shape, bool)
+  for causal in (True, False):
+    encoder = TextEncoder(TextSpec(vocab_size=20, text_ctx=6, width=16, layers=2, heads=2,
+                                   causal=causal), out_dim=8)
+    params = encoder.init(jax.random.key(0), tokens, mask)
+    _, sequence = encoder.apply(params, tokens, mask)  # [2, 6, 16]
+    moved = np.abs(np.asarray(sequence[0, :3] - sequence[1, :3])).max()
+    assert (moved == 0) if causal else (moved > 1e-3), (causal, moved)
+
 def test_bad_image_size_and_labels_raise():
   model = UNet(out_channels=3, **TINY)
   with pytest.raises(ValueError, match=r"divisible by 2.*\(2, 7, 8, 3\)"):

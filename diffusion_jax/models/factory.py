@@ -71,7 +71,8 @@ def text_spec(model_config) -> TextSpec | None:
                      f"{model_config.xf_heads} heads (model.xf_heads)")
   return TextSpec(tok_lib.GPT2_VOCAB, model_config.text_ctx, model_config.xf_width,
                   model_config.xf_layers, model_config.xf_heads,
-                  model_config.xf_final_ln, model_config.xf_padding)
+                  model_config.xf_final_ln, model_config.xf_padding,
+                  bool(model_config.get("xf_causal", False)))
 
 
 def clip_spec(model_config, image_size: int, num_timesteps: int) -> ClipSpec:

@@ -219,20 +219,25 @@ class ResBlock(nn.Module):
 ATTENTION_IMPLS = ("", "xla", "cudnn")
 
 
-def dot_product_attention(q, k, v, implementation: str = ""):
+def dot_product_attention(q, k, v, implementation: str = "", causal: bool = False):
   """softmax(q k^T / sqrt(d)) v in float32 logits; q [B, Lq, H, D], k/v [B, Lk, H, D].
 
   Ours is computed head-major ([B, H, L, D]): on the CPU the two batched
   matmuls run several times faster in that layout than on [B, L, H, D]
   operands. `implementation` "xla" or "cudnn" hands it to
-  `jax.nn.dot_product_attention` instead.
+  `jax.nn.dot_product_attention` instead. `causal`: query i attends to keys
+  0 ... i only (self-attention, Lq = Lk).
   """
   if implementation:
-    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation,
+                                        is_causal=causal)
   scale = q.shape[-1] ** -0.25  # applied to q and k alike, as guided-diffusion
   q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # [B, H, L, D]
   logits = jnp.einsum("bhqd,bhkd->bhqk", q * scale, k * scale,
                       preferred_element_type=jnp.float32)
+  if causal:
+    allowed = jnp.tril(jnp.ones(logits.shape[-2:], bool))  # [Lq, Lk]
+    logits = jnp.where(allowed, logits, jnp.finfo(logits.dtype).min)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", weights, v), 1, 2)
 

@@ -36,6 +36,10 @@ class TextSpec:
     heads: attention heads (xf_heads).
     final_ln: a LayerNorm after the last block (xf_final_ln).
     padding: a learned embedding replaces the padded slots (xf_padding).
+    causal: each slot attends to itself and the slots before it only
+      (xf_causal; not GLIDE's, whose attention sees every slot). A relation
+      word then reads only its subject, so "A above B" and "B above A" differ
+      in what it carries, not in positions alone (docs/text2im.md).
   """
   vocab_size: int = 50257
   text_ctx: int = 128
@@ -44,6 +48,7 @@ class TextSpec:
   heads: int = 8
   final_ln: bool = True
   padding: bool = True
+  causal: bool = False
 
 
 def layer_norm(x, name: str, dtype: Dtype, param_dtype: Dtype):
@@ -69,13 +74,15 @@ class SelfAttention(nn.Module):
   heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x):  # [B, L, W] -> [B, L, W]
     batch, length, _ = x.shape
     q, k, v = layers.split_heads(_dense(self, 3 * self.width, "c_qkv")(x), self.heads, 3,
                                  legacy_order=True)
-    a = layers.dot_product_attention(q, k, v).reshape(batch, length, self.width)
+    a = layers.dot_product_attention(q, k, v, causal=self.causal).reshape(
+        batch, length, self.width)
     return _dense(self, self.width, "c_proj")(a)
 
 
@@ -92,16 +99,18 @@ class MLP(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-  """x + attn(ln_1(x)), then + mlp(ln_2(x)): attention over every slot, no mask."""
+  """x + attn(ln_1(x)), then + mlp(ln_2(x)): attention over every slot
+  (GLIDE's), or over the slots up to each one (`causal`)."""
   width: int
   heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x):  # [B, L, W] -> [B, L, W]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = x + SelfAttention(self.width, self.heads, name="attn", **kw)(
+    x = x + SelfAttention(self.width, self.heads, name="attn", causal=self.causal, **kw)(
         layer_norm(x, "ln_1", **kw))
     return x + MLP(self.width, name="mlp", **kw)(layer_norm(x, "ln_2", **kw))
 
@@ -113,12 +122,13 @@ class Transformer(nn.Module):
   heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x):  # [B, L, W] -> [B, L, W]
     for i in range(self.layers):
       x = ResidualAttentionBlock(self.width, self.heads, self.dtype, self.param_dtype,
-                                 name=f"resblocks_{i}")(x)
+                                 self.causal, name=f"resblocks_{i}")(x)
     return x
 
 
@@ -148,7 +158,7 @@ class TextEncoder(nn.Module):
       padding = self.param("padding", init, (spec.text_ctx, spec.width), self.param_dtype)
       h = jnp.where(mask[..., None], h, padding[None])
     h = Transformer(spec.width, spec.layers, spec.heads, self.dtype, self.param_dtype,
-                    name="transformer")(h.astype(self.dtype))
+                    spec.causal, name="transformer")(h.astype(self.dtype))
     if spec.final_ln:
       h = layer_norm(h, "final_ln", self.dtype, self.param_dtype)
     proj = _dense(self, self.out_dim, "transformer_proj")(h[:, -1])
