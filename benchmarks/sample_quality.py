@@ -294,8 +294,9 @@ def guidance_section(path: pathlib.Path) -> list[str]:
           f"({env['device']}, jax {env['jax']}, commit {env['commit']}); the sweeps that "
           "predate the distance columns are left out here (see docs/guidance.md). "
           "The sweeps' models are the ones `benchmarks/guidance_models.sh` trains "
-          "(these ran when the configs held the 2021 recipe: eps-prediction), not "
-          "the model above: the shipped model guided is on its card (docs/models.md).",
+          "from the configs (their recipe since 2026-12-08: v-prediction, the main "
+          "job's lr 8e-3), not the model above: the shipped model guided is on its "
+          "card (docs/models.md).",
           "", "![trade-off](guidance/tradeoff.png)",
           guidance_sweep.markdown({**results, "sweeps": sweeps, "filter": None})]
 
