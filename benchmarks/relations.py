@@ -111,40 +111,39 @@ def place_prompts(num: int, seed: int = 0) -> list[tuple[str, dict]]:
   return prompts
 
 
-def _sampled_cells(bundle, prompts, per_prompt: int, evaluator) -> list[dict]:
-  """The evaluator's cells ([9] arrays) of each sample, prompt by prompt."""
-  texts = [text for text, _ in prompts for _ in range(per_prompt)]
-  cells = metrics.predicted_cells(evaluator, np.asarray(bundle.sample(prompts=texts, seed=0)))
-  return [{k: v[i] for k, v in cells.items()} for i in range(len(texts))]
+def _sampled(bundle, prompts, per_prompt: int, evaluator):
+  """[(text, asked, cells)] for each sample, prompt by prompt: the evaluator's
+  cells ([9] arrays) of `per_prompt` samples of each prompt."""
+  repeated = [(text, asked) for text, asked in prompts for _ in range(per_prompt)]
+  images = np.asarray(bundle.sample(prompts=[t for t, _ in repeated], seed=0))
+  cells = metrics.predicted_cells(evaluator, images)
+  return [(t, a, {k: v[i] for k, v in cells.items()}) for i, (t, a) in enumerate(repeated)]
 
 
-def _holds(prompts, per_prompt: int, cells: list[dict]) -> float:
-  texts = [text for text, _ in prompts for _ in range(per_prompt)]
+def _holds(samples) -> float:
   return round(float(np.mean([scenes.caption_holds(scenes.parse_caption(t), c)
-                              for t, c in zip(texts, cells)])), 3)
+                              for t, _, c in samples])), 3)
 
 
 def measure_places(bundle, prompts, per_prompt: int, evaluator) -> dict:
-  cells = _sampled_cells(bundle, prompts, per_prompt, evaluator)
-  asked = [a for _, a in prompts for _ in range(per_prompt)]
+  samples = _sampled(bundle, prompts, per_prompt, evaluator)
   right = [(c["cell_shape"][a["cell"]], c["cell_color"][a["cell"]]) == (a["shape"], a["color"])
-           for c, a in zip(cells, asked)]
-  return {"place_samples": len(cells), "place_right": round(float(np.mean(right)), 3),
-          "place_caption_holds": _holds(prompts, per_prompt, cells)}
+           for _, a, c in samples]
+  return {"place_samples": len(samples), "place_right": round(float(np.mean(right)), 3),
+          "place_caption_holds": _holds(samples)}
 
 
 def measure(model: str, prompts, per_prompt: int, evaluator, placed=()) -> dict:
   tick = time.perf_counter()
   bundle = loading.load(model)
-  cells = _sampled_cells(bundle, prompts, per_prompt, evaluator)
-  asked = [a for _, a in prompts for _ in range(per_prompt)]
-  kinds = [classify(c, a) for c, a in zip(cells, asked)]
+  samples = _sampled(bundle, prompts, per_prompt, evaluator)
+  kinds = [classify(c, a) for _, a, c in samples]
   counts = {k: kinds.count(k) for k in ("holds", "opposite", "neither", "not both found")}
   both = len(kinds) - counts["not both found"]
   row = {"model": model, "bundle": repr(bundle), "samples": len(kinds), **counts,
          "holds_given_both": round(counts["holds"] / max(both, 1), 3),
          "opposite_given_both": round(counts["opposite"] / max(both, 1), 3),
-         "relation_caption_holds": _holds(prompts, per_prompt, cells),
+         "relation_caption_holds": _holds(samples),
          "text_shift": {change: {"pooled": moved[0], "sequence": moved[1]}
                         for change, moved in text_shift(bundle, PROBED, PROBE).items()}}
   if placed:
